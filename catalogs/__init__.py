@@ -1,0 +1,1 @@
+"""Action-space catalogs shipped as data: diffusion templates and reaction entries."""

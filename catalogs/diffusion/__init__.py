@@ -1,0 +1,1 @@
+"""Diffusion templates: one self-contained source file per operator."""

@@ -1,0 +1,1 @@
+"""leads-agent: the ReAct client. Built in the agent issue."""

@@ -1,0 +1,732 @@
+"""Heart meshes and the finite-element operators of the monodomain diffusion term.
+
+A :class:`Mesh` is a conforming simplicial mesh: a triangulated surface (``[n_cells, 3]``,
+e.g. an endocardial shell) or a tetrahedral volume (``[n_cells, 4]``). Coordinates are in
+millimetres. With piecewise-linear (P1) hat functions ``phi_i`` the diffusion term of the
+monodomain equation
+
+    du/dt = div(sigma grad u) + reaction(u, ...)
+
+is discretised by the lumped mass ``M_ii = integral phi_i`` and the stiffness
+``K_ij = sum_e sigma_e integral_e grad(phi_i) . grad(phi_j)``, giving
+
+    M du/dt = -K u   =>   du/dt = L u,   L = -M^{-1} K.
+
+For triangles ``K`` is the cotangent Laplacian,
+``K_ij = -(sigma/2) (cot alpha_ij + cot beta_ij)`` with ``alpha_ij, beta_ij`` the angles
+opposite edge ``ij``; a positive off-diagonal ``K_ij`` (an obtuse pair of opposite angles) is a
+"negative cotangent weight" and breaks the discrete maximum principle.
+
+Also here: mesh validation (:func:`validate_mesh`, raising :class:`MeshError`), reading and
+writing via meshio (:func:`load_mesh`, :meth:`Mesh.save`), graph and heat-method geodesic
+distances, quality figures, and the bundled left-ventricle-like surface
+(:func:`make_lv_mesh`, :func:`bundled_mesh`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import meshio
+import numpy as np
+import scipy.sparse as sp
+import torch
+from scipy.sparse import csgraph
+from scipy.sparse.linalg import splu
+from scipy.spatial import ConvexHull
+
+__all__ = [
+    "MeshError",
+    "Mesh",
+    "validate_mesh",
+    "load_mesh",
+    "make_lv_mesh",
+    "bundled_mesh",
+]
+
+#: meshio cell-type name for each number of nodes per cell.
+CELL_TYPES: dict[int, str] = {3: "triangle", 4: "tetra"}
+
+#: a cell is degenerate when its area/volume is below this fraction of the mean cell size.
+DEGENERATE_RELATIVE_SIZE = 1e-10
+
+_BUNDLED_MESH_FILE = "data/heart_lv.npz"
+
+#: file formats that can store triangles but not tetrahedra.
+_SURFACE_ONLY_SUFFIXES = frozenset({".obj", ".ply", ".stl", ".off"})
+
+
+class MeshError(ValueError):
+    """A mesh that cannot be used: the message names the problem, counts and first indices."""
+
+
+def _first(indices: np.ndarray | Sequence[int], limit: int = 10) -> str:
+    """Format the first offending indices, e.g. ``[3, 7, 12, ...]``."""
+    shown = np.asarray(indices)[:limit].tolist()
+    more = ", ..." if len(indices) > limit else ""
+    return "[" + ", ".join(str(i) for i in shown) + more + "]"
+
+
+# --------------------------------------------------------------------------------------
+# Element geometry (shared by validation, the FE operators and the quality report)
+# --------------------------------------------------------------------------------------
+
+
+def _cell_measures(points: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """Area of each triangle (``|e1 x e2| / 2``) or volume of each tetrahedron (``|det E| / 6``)."""
+    corners = points[cells]
+    edge_vectors = corners[:, 1:] - corners[:, :1]
+    if cells.shape[1] == 3:
+        return 0.5 * np.linalg.norm(np.cross(edge_vectors[:, 0], edge_vectors[:, 1]), axis=1)
+    return np.abs(np.linalg.det(edge_vectors)) / 6.0
+
+
+def _basis_gradients(points: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """Constant gradients of the P1 hat functions on each cell, ``[n_cells, k+1, 3]``.
+
+    With edge vectors ``E = [x_1 - x_0, ..., x_k - x_0]`` (rows) and Gram matrix
+    ``G = E E^T``, the gradients of ``phi_1..phi_k`` are the rows of ``G^{-1} E`` (they lie in
+    the cell's tangent space and satisfy ``grad(phi_j) . e_i = delta_ij``), and
+    ``grad(phi_0) = -sum_j grad(phi_j)``. This covers triangles embedded in 3-D and tetrahedra.
+    """
+    corners = points[cells]
+    edge_vectors = corners[:, 1:] - corners[:, :1]
+    gram = edge_vectors @ edge_vectors.transpose(0, 2, 1)
+    grads_rest = np.linalg.solve(gram, edge_vectors)
+    grad_0 = -grads_rest.sum(axis=1, keepdims=True)
+    return np.concatenate([grad_0, grads_rest], axis=1)
+
+
+def _cell_edges(cells: np.ndarray) -> np.ndarray:
+    """All (i < j) node pairs of every cell, ``[n_cells * C(k+1, 2), 2]`` (with repeats)."""
+    k = cells.shape[1]
+    pairs = [(a, b) for a in range(k) for b in range(a + 1, k)]
+    local = np.array(pairs)
+    edges = cells[:, local].reshape(-1, 2)
+    return np.sort(edges, axis=1)
+
+
+def _node_adjacency(n_nodes: int, edges: np.ndarray) -> sp.csr_matrix:
+    """Symmetric 0/1 node adjacency matrix from an edge list."""
+    ones = np.ones(len(edges))
+    adjacency = sp.coo_matrix((ones, (edges[:, 0], edges[:, 1])), shape=(n_nodes, n_nodes))
+    return (adjacency + adjacency.T).tocsr()
+
+
+# --------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------
+
+
+def validate_mesh(points: Any, cells: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Check a simplicial mesh and return it as (float64 ``[n, 3]``, int64 ``[m, 3|4]``) arrays.
+
+    Planar ``[n, 2]`` points are padded with ``z = 0``. Raises :class:`MeshError` for: wrong
+    shapes, an empty mesh, NaN/Inf coordinates, non-integer, negative or out-of-range node
+    indices, a node repeated within a cell, duplicate cells, degenerate cells (area/volume below
+    ``1e-10`` times the mean), nodes used by no cell, and more than one connected piece.
+    """
+    try:
+        points = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise MeshError(f"points are not a numeric array: {exc}") from exc
+    if points.ndim != 2 or points.shape[1] not in (2, 3):
+        raise MeshError(
+            f"points must have shape [n_nodes, 3] (or [n_nodes, 2]), got {points.shape}"
+        )
+    if points.shape[1] == 2:
+        points = np.column_stack([points, np.zeros(len(points))])
+    cells = np.asarray(cells)
+    if cells.ndim != 2 or cells.shape[1] not in CELL_TYPES:
+        raise MeshError(
+            "cells must have shape [n_cells, 3] (triangles) or [n_cells, 4] (tetrahedra), "
+            f"got {cells.shape}"
+        )
+    n_nodes, n_cells = len(points), len(cells)
+    if n_nodes == 0 or n_cells == 0:
+        raise MeshError(f"empty mesh: {n_nodes} nodes and {n_cells} cells")
+
+    bad_nodes = np.flatnonzero(~np.isfinite(points).all(axis=1))
+    if bad_nodes.size:
+        raise MeshError(
+            f"{bad_nodes.size} node(s) have NaN/Inf coordinates, first {_first(bad_nodes)}"
+        )
+
+    if cells.dtype.kind == "f":
+        non_integer = np.flatnonzero(
+            ~np.isfinite(cells).all(axis=1) | (cells != np.round(cells)).any(axis=1)
+        )
+        if non_integer.size:
+            raise MeshError(
+                f"{non_integer.size} cell(s) have non-integer node indices, "
+                f"first {_first(non_integer)}"
+            )
+    elif cells.dtype.kind not in "iu":
+        raise MeshError(f"cell node indices must be integers, got dtype {cells.dtype}")
+    cells = cells.astype(np.int64)
+
+    negative = np.flatnonzero((cells < 0).any(axis=1))
+    if negative.size:
+        raise MeshError(
+            f"{negative.size} cell(s) have negative node indices, first cells {_first(negative)} "
+            f"(indices are 0-based, e.g. {int(cells[negative[0]].min())})"
+        )
+    out_of_range = np.flatnonzero((cells >= n_nodes).any(axis=1))
+    if out_of_range.size:
+        raise MeshError(
+            f"{out_of_range.size} cell(s) have node indices out of range for {n_nodes} nodes, "
+            f"first cells {_first(out_of_range)} (e.g. index {int(cells[out_of_range[0]].max())})"
+        )
+
+    sorted_cells = np.sort(cells, axis=1)
+    repeated = np.flatnonzero((sorted_cells[:, 1:] == sorted_cells[:, :-1]).any(axis=1))
+    if repeated.size:
+        raise MeshError(
+            f"{repeated.size} cell(s) repeat a node within the cell, first {_first(repeated)}"
+        )
+
+    _, first_index, counts = np.unique(sorted_cells, axis=0, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        is_first = np.zeros(n_cells, dtype=bool)
+        is_first[first_index] = True
+        duplicates = np.flatnonzero(~is_first)
+        raise MeshError(
+            f"{duplicates.size} duplicate cell(s) (same nodes as an earlier cell), "
+            f"first {_first(duplicates)}"
+        )
+
+    measures = _cell_measures(points, cells)
+    degenerate = np.flatnonzero(measures <= DEGENERATE_RELATIVE_SIZE * measures.mean())
+    if degenerate.size:
+        kind = "area" if cells.shape[1] == 3 else "volume"
+        raise MeshError(
+            f"{degenerate.size} degenerate cell(s) with (near-)zero {kind}, "
+            f"first {_first(degenerate)}"
+        )
+
+    unused = np.flatnonzero(np.bincount(cells.ravel(), minlength=n_nodes) == 0)
+    if unused.size:
+        raise MeshError(f"{unused.size} node(s) are used by no cell, first {_first(unused)}")
+
+    adjacency = _node_adjacency(n_nodes, _cell_edges(cells))
+    n_pieces, labels = csgraph.connected_components(adjacency, directed=False)
+    if n_pieces > 1:
+        sizes = np.sort(np.bincount(labels))[::-1]
+        raise MeshError(
+            f"mesh has {n_pieces} disconnected pieces (connected components) of "
+            f"{_first(sizes)} nodes; expected one connected piece"
+        )
+    return points, cells
+
+
+# --------------------------------------------------------------------------------------
+# Mesh
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Mesh:
+    """A validated simplicial mesh (triangles or tetrahedra), coordinates in millimetres.
+
+    Arrays are stored read-only; derived quantities (edges, element gradients, mass) are
+    computed once on first use.
+    """
+
+    points: np.ndarray
+    cells: np.ndarray
+    name: str = "mesh"
+
+    def __post_init__(self) -> None:
+        points, cells = validate_mesh(self.points, self.cells)
+        points.setflags(write=False)
+        cells.setflags(write=False)
+        object.__setattr__(self, "points", points)
+        object.__setattr__(self, "cells", cells)
+
+    def __repr__(self) -> str:
+        return (
+            f"Mesh(name={self.name!r}, n_nodes={self.n_nodes}, n_cells={self.n_cells}, "
+            f"cell_type={self.cell_type!r})"
+        )
+
+    # ---- sizes and topology -----------------------------------------------------------
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.points)
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.cells)
+
+    @property
+    def cell_type(self) -> str:
+        """meshio name of the cells: ``"triangle"`` or ``"tetra"``."""
+        return CELL_TYPES[self.cells.shape[1]]
+
+    @cached_property
+    def edges(self) -> np.ndarray:
+        """Unique undirected edges ``[n_edges, 2]`` with ``i < j``, sorted lexicographically."""
+        edges = np.unique(_cell_edges(self.cells), axis=0)
+        edges.setflags(write=False)
+        return edges
+
+    @property
+    def n_edges(self) -> int:
+        return len(self.edges)
+
+    @property
+    def edge_index(self) -> torch.Tensor:
+        """PyTorch Geometric ``edge_index``: LongTensor ``[2, 2 * n_edges]``, both directions.
+
+        Columns are sorted by (source, target), i.e. already coalesced.
+        """
+        both = np.concatenate([self.edges, self.edges[:, ::-1]])
+        order = np.lexsort((both[:, 1], both[:, 0]))
+        return torch.from_numpy(np.ascontiguousarray(both[order].T))
+
+    @cached_property
+    def edge_lengths(self) -> np.ndarray:
+        """Euclidean length of each edge in :attr:`edges`, ``[n_edges]`` (mm)."""
+        lengths = np.linalg.norm(
+            self.points[self.edges[:, 1]] - self.points[self.edges[:, 0]], axis=1
+        )
+        lengths.setflags(write=False)
+        return lengths
+
+    @property
+    def mean_edge_length(self) -> float:
+        return float(self.edge_lengths.mean())
+
+    @cached_property
+    def cell_measures(self) -> np.ndarray:
+        """Area (triangles, mm^2) or volume (tetrahedra, mm^3) of each cell, ``[n_cells]``."""
+        measures = _cell_measures(self.points, self.cells)
+        measures.setflags(write=False)
+        return measures
+
+    @cached_property
+    def _gradients(self) -> np.ndarray:
+        gradients = _basis_gradients(self.points, self.cells)
+        gradients.setflags(write=False)
+        return gradients
+
+    # ---- finite-element operators -------------------------------------------------------
+
+    def lumped_mass(self) -> np.ndarray:
+        """Lumped (row-sum) P1 mass ``M_ii = integral phi_i``, ``[n_nodes]``.
+
+        Each triangle gives ``area / 3`` and each tetrahedron ``volume / 4`` to each of its
+        nodes; ``sum_i M_ii`` is the total area/volume.
+        """
+        share = np.repeat(self.cell_measures / self.cells.shape[1], self.cells.shape[1])
+        return np.bincount(self.cells.ravel(), weights=share, minlength=self.n_nodes)
+
+    def cell_conductivity(
+        self,
+        conductivity: float | np.ndarray | None = None,
+        per: Literal["node", "cell"] | None = None,
+    ) -> np.ndarray:
+        """Conductivity of each cell, ``[n_cells]``, from a scalar, per-node or per-cell value.
+
+        Per-node values are averaged over the cell's nodes. When ``n_nodes == n_cells`` an array
+        is ambiguous and ``per`` must say which it is. Negative or non-finite values are refused.
+        """
+        if conductivity is None:
+            return np.ones(self.n_cells)
+        sigma = np.asarray(conductivity, dtype=np.float64)
+        if not np.isfinite(sigma).all() or (sigma < 0).any():
+            raise ValueError("conductivity must be finite and non-negative (got NaN/Inf/negative)")
+        if sigma.ndim == 0:
+            return np.full(self.n_cells, float(sigma))
+        if sigma.ndim != 1:
+            raise ValueError(f"conductivity must be a scalar or 1-D array, got shape {sigma.shape}")
+        if per is None:
+            matches = [
+                p for p, n in (("node", self.n_nodes), ("cell", self.n_cells)) if len(sigma) == n
+            ]
+            if len(matches) != 1:
+                raise ValueError(
+                    f"conductivity of length {len(sigma)} is "
+                    + ("ambiguous" if matches else "neither per node nor per cell")
+                    + f" for {self.n_nodes} nodes and {self.n_cells} cells; pass per='node'|'cell'"
+                )
+            per = matches[0]  # type: ignore[assignment]
+        expected = self.n_nodes if per == "node" else self.n_cells
+        if per not in ("node", "cell") or len(sigma) != expected:
+            raise ValueError(f"conductivity per {per!r} needs length {expected}, got {len(sigma)}")
+        return sigma[self.cells].mean(axis=1) if per == "node" else sigma
+
+    def stiffness(
+        self,
+        conductivity: float | np.ndarray | None = None,
+        per: Literal["node", "cell"] | None = None,
+    ) -> sp.csr_matrix:
+        """P1 stiffness ``K_ij = sum_e sigma_e |e| grad(phi_i) . grad(phi_j)``, csr ``[n, n]``.
+
+        Symmetric positive semi-definite with rows summing to zero (constants are in the
+        kernel). For triangles this is the cotangent Laplacian. ``conductivity``: ``None``
+        (1 everywhere), a scalar, or an array per node or per cell (see
+        :meth:`cell_conductivity`).
+        """
+        sigma = self.cell_conductivity(conductivity, per)
+        gradients = self._gradients
+        local = gradients @ gradients.transpose(0, 2, 1)
+        local = 0.5 * (local + local.transpose(0, 2, 1))
+        local *= (sigma * self.cell_measures)[:, None, None]
+        k = self.cells.shape[1]
+        rows = np.repeat(self.cells, k, axis=1).ravel()
+        cols = np.tile(self.cells, (1, k)).ravel()
+        shape = (self.n_nodes, self.n_nodes)
+        stiffness = sp.coo_matrix((local.ravel(), (rows, cols)), shape=shape).tocsr()
+        stiffness.sort_indices()
+        return stiffness
+
+    def laplacian(
+        self,
+        conductivity: float | np.ndarray | None = None,
+        per: Literal["node", "cell"] | None = None,
+    ) -> sp.csr_matrix:
+        """Mass-lumped diffusion operator ``L = -M^{-1} K``, so ``du/dt = L u`` ~ div(sigma grad u).
+
+        Rows sum to zero; ``L`` is self-adjoint in the ``M`` inner product with real
+        non-positive eigenvalues. Its spectral radius bounds the explicit (forward Euler) step:
+        ``dt < 2 / max|lambda(L)|``.
+        """
+        inverse_mass = sp.diags(1.0 / self.lumped_mass())
+        return (-(inverse_mass @ self.stiffness(conductivity, per))).tocsr()
+
+    # ---- distances ----------------------------------------------------------------------
+
+    def _source_indices(self, sources: int | Sequence[int] | np.ndarray) -> np.ndarray:
+        indices = np.atleast_1d(np.asarray(sources))
+        if indices.ndim != 1 or indices.size == 0 or indices.dtype.kind not in "iu":
+            raise ValueError(f"sources must be a node index or a sequence of them, got {sources!r}")
+        bad = indices[(indices < 0) | (indices >= self.n_nodes)]
+        if bad.size:
+            raise ValueError(f"source node(s) {_first(bad)} out of range for {self.n_nodes} nodes")
+        return indices.astype(np.int64)
+
+    def graph_distances(self, sources: int | Sequence[int] | np.ndarray) -> np.ndarray:
+        """Shortest-path distances along mesh edges (Dijkstra), ``[len(sources), n_nodes]`` (mm).
+
+        An upper bound on the geodesic distance: paths zig-zag along edges, overestimating by
+        up to ~15 % on irregular triangulations and more on structured ones.
+        """
+        indices = self._source_indices(sources)
+        weights = sp.coo_matrix(
+            (self.edge_lengths, (self.edges[:, 0], self.edges[:, 1])),
+            shape=(self.n_nodes, self.n_nodes),
+        ).tocsr()
+        return csgraph.dijkstra(weights, directed=False, indices=indices)
+
+    def geodesic_distances(self, sources: int | Sequence[int] | np.ndarray) -> np.ndarray:
+        """Geodesic distance from each source by the heat method, ``[len(sources), n_nodes]``.
+
+        Crane, Weischedel & Wardetzky (2013), with the P1 operators of this mesh
+        (triangles or tetrahedra, per-element constant gradients):
+
+        1. one backward-Euler heat step from a unit spike at the source,
+           ``(M + t K) u = delta_s`` with ``t = h^2`` (``h`` the mean edge length);
+        2. per cell, the unit field ``X_e = -grad(u)_e / |grad(u)_e|`` pointing away from the
+           source;
+        3. the Poisson problem ``K phi = b`` with ``b_i = sum_e |e| X_e . grad(phi_i)`` (weak
+           form of ``lap(phi) = div X``), solved with one node pinned, then shifted so that the
+           source is at 0.
+
+        Natural (Neumann) conditions on open boundaries. Accuracy is O(h): an offset of a
+        fraction of an edge length, i.e. a few percent beyond ~10 edge lengths from the source
+        on reasonable meshes (more on coarse, strongly anisotropic ones). Nodes next to the
+        source may come out very slightly negative.
+        """
+        indices = self._source_indices(sources)
+        mass = sp.diags(self.lumped_mass())
+        stiffness = self.stiffness()
+        time_step = self.mean_edge_length**2
+
+        spikes = np.zeros((self.n_nodes, len(indices)))
+        spikes[indices, np.arange(len(indices))] = 1.0
+        heat = splu((mass + time_step * stiffness).tocsc()).solve(spikes)  # [n_nodes, n_sources]
+
+        gradients = self._gradients  # [n_cells, k+1, 3]
+        grad_u = np.einsum("cks,ckd->scd", heat[self.cells], gradients)  # [s, n_cells, 3]
+        norms = np.linalg.norm(grad_u, axis=2, keepdims=True)
+        unit_field = -np.divide(grad_u, norms, out=np.zeros_like(grad_u), where=norms > 0)
+
+        # b_i = sum_e |e| X_e . grad(phi_i) for each node i of cell e
+        local = np.einsum("scd,ckd->sck", unit_field, gradients) * self.cell_measures[None, :, None]
+        scatter = sp.coo_matrix(
+            (np.ones(self.cells.size), (self.cells.ravel(), np.arange(self.cells.size))),
+            shape=(self.n_nodes, self.cells.size),
+        ).tocsr()
+        divergence = (scatter @ local.reshape(len(indices), -1).T).T  # [s, n_nodes]
+
+        # K is singular (constants): pin node 0 at 0, then shift each row to its source.
+        reduced = splu(stiffness[1:, 1:].tocsc())
+        potential = np.zeros((len(indices), self.n_nodes))
+        potential[:, 1:] = reduced.solve(np.ascontiguousarray(divergence[:, 1:].T)).T
+        return potential - potential[np.arange(len(indices)), indices][:, None]
+
+    # ---- diagnostics and I/O ------------------------------------------------------------
+
+    def boundary_edges(self) -> np.ndarray:
+        """Edges on the mesh boundary, ``[n_boundary_edges, 2]`` (``i < j``).
+
+        Boundary facets (edges of triangles, faces of tetrahedra) belong to exactly one cell;
+        boundary edges are the edges of the boundary facets. Empty for a closed surface.
+        """
+        k = self.cells.shape[1]
+        facets = np.sort(
+            np.concatenate([np.delete(self.cells, i, axis=1) for i in range(k)]), axis=1
+        )
+        unique_facets, counts = np.unique(facets, axis=0, return_counts=True)
+        boundary_facets = unique_facets[counts == 1]
+        if len(boundary_facets) == 0:
+            return np.empty((0, 2), dtype=np.int64)
+        if k == 3:
+            return boundary_facets
+        return np.unique(_cell_edges(boundary_facets), axis=0)
+
+    def quality(self) -> dict[str, Any]:
+        """Size and shape figures of the mesh.
+
+        ``min_angle_deg``/``max_angle_deg`` are interior angles for triangles and dihedral
+        angles for tetrahedra (both are ``pi - angle(grad phi_k, grad phi_l)``).
+        ``n_negative_weights`` counts edges whose uniform-conductivity stiffness entry
+        ``K_ij`` is positive (negative cotangent weight), split into interior and boundary.
+        """
+        lengths = self.edge_lengths
+        gradients = self._gradients
+        unit = gradients / np.linalg.norm(gradients, axis=2, keepdims=True)
+        k = self.cells.shape[1]
+        pairs = np.array([(a, b) for a in range(k) for b in range(a + 1, k)])
+        cosines = np.einsum("cpd,cpd->cp", unit[:, pairs[:, 0]], unit[:, pairs[:, 1]])
+        angles = np.degrees(np.pi - np.arccos(np.clip(cosines, -1.0, 1.0)))
+
+        stiffness = self.stiffness()
+        weights = np.asarray(stiffness[self.edges[:, 0], self.edges[:, 1]]).ravel()
+        negative = weights > 1e-12 * np.abs(stiffness.diagonal()).max()
+        boundary = self.boundary_edges()
+        on_boundary = np.zeros(self.n_edges, dtype=bool)
+        if len(boundary):
+            # edges are sorted lexicographically, so boundary rows can be located by key
+            keys = self.edges[:, 0] * self.n_nodes + self.edges[:, 1]
+            on_boundary[np.searchsorted(keys, boundary[:, 0] * self.n_nodes + boundary[:, 1])] = (
+                True
+            )
+        n_components, _ = csgraph.connected_components(
+            _node_adjacency(self.n_nodes, self.edges), directed=False
+        )
+        return {
+            "cell_type": self.cell_type,
+            "n_nodes": self.n_nodes,
+            "n_cells": self.n_cells,
+            "n_edges": self.n_edges,
+            "mean_edge_length": float(lengths.mean()),
+            "min_edge_length": float(lengths.min()),
+            "max_edge_length": float(lengths.max()),
+            "min_angle_deg": float(angles.min()),
+            "max_angle_deg": float(angles.max()),
+            "n_negative_weights": int(negative.sum()),
+            "n_negative_weights_interior": int((negative & ~on_boundary).sum()),
+            "n_negative_weights_boundary": int((negative & on_boundary).sum()),
+            "negative_weight_fraction": float(negative.mean()),
+            "n_boundary_edges": int(on_boundary.sum()),
+            "n_components": int(n_components),
+            "total_measure": float(self.cell_measures.sum()),
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write the mesh with meshio, format from the suffix (``.vtk``, ``.vtu``, ``.obj``,
+        ``.ply``, ``.msh``, ...); ``.npz`` writes the bundled format (keys points, cells)."""
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix == ".npz":
+            np.savez_compressed(path, points=self.points, cells=self.cells)
+            return
+        if self.cell_type == "tetra" and suffix in _SURFACE_ONLY_SUFFIXES:
+            raise MeshError(f"{suffix} files hold surfaces only; cannot save tetrahedra to {path}")
+        # PLY stores 32-bit indices (meshio would warn and cast)
+        cells = self.cells.astype(np.int32) if suffix == ".ply" else np.asarray(self.cells)
+        meshio.Mesh(np.asarray(self.points), [(self.cell_type, cells)]).write(path)
+
+
+# --------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------
+
+
+def load_mesh(path: str | Path, name: str | None = None) -> Mesh:
+    """Read a mesh file with meshio (vtk, vtu, obj, ply, msh, ...) or a ``.npz`` (points, cells).
+
+    Tetrahedra are used when present, otherwise triangles (other cell blocks such as lines,
+    vertices or boundary triangles of a volume mesh are ignored). Raises :class:`MeshError` for
+    a missing/unreadable file or a file with neither triangles nor tetrahedra.
+    """
+    path = Path(path)
+    mesh_name = name if name is not None else path.stem
+    if not path.is_file():
+        raise MeshError(f"cannot read mesh file {str(path)!r}: no such file")
+    if path.suffix == ".npz":
+        try:
+            with np.load(path) as data:
+                return Mesh(data["points"], data["cells"], name=mesh_name)
+        except (OSError, KeyError, ValueError) as exc:
+            if isinstance(exc, MeshError):
+                raise
+            raise MeshError(f"cannot read mesh file {str(path)!r}: {exc}") from exc
+    chatter = io.StringIO()
+    try:
+        # meshio prints its reasons and may even call sys.exit(1) on a file it cannot parse
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            raw = meshio.read(path)
+    except (Exception, SystemExit) as exc:  # ReadError, KeyError, ValueError, SystemExit, ...
+        printed = " ".join(chatter.getvalue().split())
+        reason = printed or f"{type(exc).__name__}: {exc}"
+        raise MeshError(f"cannot read mesh file {str(path)!r}: {reason}") from exc
+    for cell_type in ("tetra", "triangle"):
+        blocks = [block.data for block in raw.cells if block.type == cell_type]
+        if blocks:
+            return Mesh(raw.points, np.concatenate(blocks), name=mesh_name)
+    found = sorted({block.type for block in raw.cells}) or ["none"]
+    raise MeshError(
+        f"mesh file {str(path)!r} has cell types {found}; supported are 'tetra' "
+        "(4-node tetrahedra) and 'triangle' (3-node triangles)"
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Bundled left-ventricle-like mesh
+# --------------------------------------------------------------------------------------
+
+#: ratio of long (z) to short axis of the prolate spheroid of the bundled ventricle.
+LV_ELONGATION = 1.6
+#: target mean edge length of the bundled mesh (mm).
+LV_MEAN_EDGE_LENGTH_MM = 2.0
+
+
+def _fibonacci_spheroid(n_points: int, elongation: float) -> np.ndarray:
+    """Near-uniform points on the prolate spheroid ``x^2 + y^2 + (z / c)^2 = 1``, ``c > 1``.
+
+    A Fibonacci (golden-angle) spiral whose heights are equal-area: with ``z = c t`` the
+    area element is ``dA = 2 pi c sqrt(1 - e^2 t^2) dt`` (``e^2 = 1 - 1/c^2``), so the area
+    below ``t`` is proportional to ``F(t) = t sqrt(1 - e^2 t^2) + arcsin(e t) / e``. Point ``i``
+    sits at ``F(t_i) = F(1) (2 (i + 1/2) / n - 1)``, solved by Newton's method.
+    """
+    ecc = math.sqrt(1.0 - 1.0 / elongation**2)
+
+    def area_below(t: np.ndarray) -> np.ndarray:
+        return t * np.sqrt(1.0 - (ecc * t) ** 2) + np.arcsin(ecc * t) / ecc
+
+    fraction = 2.0 * (np.arange(n_points) + 0.5) / n_points - 1.0
+    target = fraction * area_below(np.array(1.0))
+    t = fraction.copy()
+    for _ in range(50):  # F' = 2 sqrt(1 - e^2 t^2) >= 2 / c: Newton converges quickly
+        t = np.clip(t - (area_below(t) - target) / (2.0 * np.sqrt(1.0 - (ecc * t) ** 2)), -1, 1)
+    azimuth = np.pi * (3.0 - math.sqrt(5.0)) * np.arange(n_points)
+    radius = np.sqrt(1.0 - t**2)
+    return np.column_stack([radius * np.cos(azimuth), radius * np.sin(azimuth), elongation * t])
+
+
+def _lawson_flips(points: np.ndarray, triangles: np.ndarray) -> tuple[np.ndarray, int]:
+    """Flip interior edges until no pair of opposite angles sums to more than ``pi``.
+
+    ``alpha + beta > pi`` is exactly a negative cotangent weight. Each pass flips a
+    non-overlapping set of offending edges, worst first; orientation is preserved: triangles
+    ``(a, b, c)`` and ``(b, a, d)`` sharing edge ``ab`` become ``(a, d, c)`` and ``(d, b, c)``.
+    Returns the new triangles and the number of flips.
+    """
+    triangles = triangles.copy()
+    n_flips = 0
+    local = np.arange(3)
+    for _ in range(100):
+        corners = points[triangles]
+        # angle at local corner k, opposite the half-edge (k+1 -> k+2)
+        to_next = corners[:, (local + 1) % 3] - corners
+        to_prev = corners[:, (local + 2) % 3] - corners
+        cosine = np.einsum("tkd,tkd->tk", to_next, to_prev) / (
+            np.linalg.norm(to_next, axis=2) * np.linalg.norm(to_prev, axis=2)
+        )
+        angle = np.arccos(np.clip(cosine, -1.0, 1.0)).ravel()
+        start = triangles[:, (local + 1) % 3].ravel()
+        end = triangles[:, (local + 2) % 3].ravel()
+        low, high = np.minimum(start, end), np.maximum(start, end)
+        owner = np.repeat(np.arange(len(triangles)), 3)
+        order = np.lexsort((owner, high, low))
+        shared = np.flatnonzero(
+            (low[order][:-1] == low[order][1:]) & (high[order][:-1] == high[order][1:])
+        )
+        half_1, half_2 = order[shared], order[shared + 1]
+        angle_sum = angle[half_1] + angle[half_2]
+        offending = np.flatnonzero(angle_sum > np.pi + 1e-12)
+        if offending.size == 0:
+            return triangles, n_flips
+        offending = offending[np.argsort(-angle_sum[offending], kind="stable")]
+        existing = set(zip(low.tolist(), high.tolist(), strict=True))
+        touched: set[int] = set()
+        for edge in offending:
+            h1, h2 = int(half_1[edge]), int(half_2[edge])
+            t1, t2 = h1 // 3, h2 // 3
+            if t1 in touched or t2 in touched:
+                continue
+            c, a, b = (int(triangles[t1, (h1 % 3 + j) % 3]) for j in range(3))
+            d = int(triangles[t2, h2 % 3])
+            new_edge = (min(c, d), max(c, d))
+            if new_edge in existing:  # flipping would create a duplicate edge
+                continue
+            existing.add(new_edge)
+            triangles[t1] = (a, d, c)
+            triangles[t2] = (d, b, c)
+            touched.update((t1, t2))
+            n_flips += 1
+    raise RuntimeError("Lawson edge flipping did not converge in 100 passes")
+
+
+def make_lv_mesh(n_nodes: int = 1119) -> Mesh:
+    """Deterministic left-ventricle-like surface: the lower half of a prolate spheroid.
+
+    Recipe: ``2 n_nodes`` equal-area Fibonacci points on ``x^2 + y^2 + (z/1.6)^2 = 1``; the
+    convex hull triangulates them; the lowest ``n_nodes`` points (``z < 0``: apex at the
+    bottom, open base near ``z = 0``) and the hull triangles among them are kept; triangles are
+    oriented with outward normals; Lawson flips remove every negative cotangent weight; the
+    result is scaled so that the mean edge length is 2.0 mm (short semi-axis ~20 mm). Nodes are
+    numbered from the apex upwards.
+    """
+    if n_nodes < 10:
+        raise ValueError(f"n_nodes must be at least 10, got {n_nodes}")
+    spheroid = _fibonacci_spheroid(2 * n_nodes, LV_ELONGATION)
+    kept = np.argsort(spheroid[:, 2], kind="stable")[:n_nodes]
+    new_index = np.full(len(spheroid), -1, dtype=np.int64)
+    new_index[kept] = np.arange(n_nodes)
+    hull = ConvexHull(spheroid).simplices
+    triangles = new_index[hull[(new_index[hull] >= 0).all(axis=1)]]
+    points = spheroid[kept]
+
+    corners = points[triangles]
+    normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    inward = np.einsum("td,td->t", normals, corners.mean(axis=1)) < 0
+    triangles[inward] = triangles[inward][:, ::-1]
+
+    triangles, _ = _lawson_flips(points, triangles)
+    triangles = triangles[np.lexsort(np.sort(triangles, axis=1).T[::-1])]
+    mesh = Mesh(points, triangles, name="heart_lv")
+    scale = LV_MEAN_EDGE_LENGTH_MM / mesh.mean_edge_length
+    return Mesh(points * scale, triangles, name="heart_lv")
+
+
+def bundled_mesh() -> Mesh:
+    """The bundled left-ventricle-like surface ``heart_lv`` (1119 nodes, triangles, mm).
+
+    Stored in ``leads_engine/data/heart_lv.npz``; identical to ``make_lv_mesh()``.
+    """
+    resource = resources.files("leads_engine").joinpath(_BUNDLED_MESH_FILE)
+    with resources.as_file(resource) as path, np.load(path) as data:
+        return Mesh(data["points"], data["cells"], name="heart_lv")
