@@ -38,7 +38,9 @@ class AlievPanfilov(ReactionModel):
         self, u: torch.Tensor, w: torch.Tensor, p: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         v = w[0]
-        du = p["k"] * u * (1 - u) * (u - p["a"]) - u * v
+        ku = p["k"] * u
+        above_threshold = u - p["a"]
+        du = ku * (1 - u) * above_threshold - u * v
         recovery_rate = p["e"] + p["mu1"] * v / (u + p["mu2"])
-        dv = recovery_rate * (-v - p["k"] * u * (u - p["a"] - 1))
+        dv = -recovery_rate * (v + ku * (above_threshold - 1))
         return du, dv.unsqueeze(0)
