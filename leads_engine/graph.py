@@ -1,0 +1,147 @@
+"""The mesh as a batched graph for diffusion operators (PyTorch Geometric conventions).
+
+A batch of ``B`` samples on the same mesh is the disjoint union of ``B`` copies of the mesh
+graph (PyG's usual batching): node ``n`` of sample ``b`` is row ``b * N + n`` and node
+features are ``[B * N, channels]``. Fixed sparse operators are prebuilt once per batch size as
+block-diagonal sparse CSR matrices, the fast path of PyG layers that accept an ``adj_t``:
+
+* ``adj_t``: binary adjacency;
+* ``gcn_adj_t``: ``D^{-1/2} (A + I) D^{-1/2}`` (use with ``GCNConv(normalize=False)``);
+* ``mean_adj_t``: row-normalised adjacency ``D^{-1} A`` (mean aggregation).
+
+For the physical operators it carries the finite-element quantities: ``edge_weight`` (the
+positive cotangent/FE conductances ``-K_ij`` for unit conductivity), ``inverse_mass`` and
+``conductance_map``, the linear map from per-node conductivity to edge conductances, so that
+``(K(sigma) u)_i = sum_j w_ij(sigma) (u_i - u_j)`` reproduces the mesh's FE stiffness exactly.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .mesh import Mesh
+
+
+def _block_diagonal_csr(matrix: sp.spmatrix, batch_size: int, dtype, device) -> torch.Tensor:
+    block = sp.block_diag([matrix] * batch_size, format="csr")
+    block.sort_indices()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant)")
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(block.indptr.astype(np.int64)),
+            torch.from_numpy(block.indices.astype(np.int64)),
+            torch.from_numpy(block.data).to(dtype),
+            size=block.shape,
+            device=device,
+        )
+
+
+def conductance_map(mesh: Mesh) -> sp.csr_matrix:
+    """``[2 * n_edges, n_nodes]`` map from per-node conductivity to directed edge conductances.
+
+    With ``sigma_e`` the mean of a cell's node conductivities (as in
+    :meth:`Mesh.stiffness`), the conductance of edge ``(i, j)`` is
+    ``w_ij = -K_ij = -sum_e sigma_e K^e_ij``, linear in the node values. Rows follow the order
+    of :attr:`Mesh.edge_index`.
+    """
+    cells = mesh.cells
+    k = cells.shape[1]
+    gradients = mesh._gradients  # [cells, k, dim]
+    local = gradients @ gradients.transpose(0, 2, 1) * mesh.cell_measures[:, None, None]
+    directed = mesh.edge_index.numpy()
+    lookup = {(int(i), int(j)): e for e, (i, j) in enumerate(directed.T)}
+    rows, cols, values = [], [], []
+    for a in range(k):
+        for b in range(k):
+            if a == b:
+                continue
+            edge_rows = np.array(
+                [lookup[(int(i), int(j))] for i, j in zip(cells[:, a], cells[:, b])]
+            )
+            for n in range(k):
+                rows.append(edge_rows)
+                cols.append(cells[:, n])
+                values.append(-local[:, a, b] / k)
+    shape = (directed.shape[1], mesh.n_nodes)
+    return sp.coo_matrix(
+        (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=shape
+    ).tocsr()
+
+
+@dataclass
+class MeshGraph:
+    """Graph tensors for a batch of ``batch_size`` samples on one mesh (see module docstring)."""
+
+    num_nodes: int
+    batch_size: int
+    edge_index: torch.Tensor
+    edge_length: torch.Tensor
+    edge_weight: torch.Tensor
+    inverse_mass: torch.Tensor
+    pos: torch.Tensor
+    adj_t: torch.Tensor
+    gcn_adj_t: torch.Tensor
+    mean_adj_t: torch.Tensor
+    conductance_map: torch.Tensor
+    mean_edge_length: float
+
+    @classmethod
+    def from_mesh(
+        cls,
+        mesh: Mesh,
+        batch_size: int,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> MeshGraph:
+        n, b = mesh.n_nodes, batch_size
+        single = mesh.edge_index
+        offsets = (torch.arange(b) * n).repeat_interleave(single.shape[1])
+        edge_index = single.repeat(1, b) + offsets
+        src, dst = single.numpy()
+        adjacency = sp.coo_matrix((np.ones(len(src)), (dst, src)), shape=(n, n)).tocsr()
+        degree = np.asarray(adjacency.sum(axis=1)).ravel()
+        with_loops = adjacency + sp.eye(n)
+        d = 1.0 / np.sqrt(degree + 1.0)
+        gcn = sp.diags(d) @ with_loops @ sp.diags(d)
+        mean = sp.diags(1.0 / degree) @ adjacency
+        lengths = np.linalg.norm(mesh.points[src] - mesh.points[dst], axis=1)
+        cmap = conductance_map(mesh)
+        unit_weights = np.asarray(cmap.sum(axis=1)).ravel()
+
+        def tensor(array: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(array, dtype=dtype, device=device)
+
+        cmap_coo = cmap.tocoo()
+        return cls(
+            num_nodes=n,
+            batch_size=b,
+            edge_index=edge_index.to(device),
+            edge_length=tensor(np.tile(lengths, b)),
+            edge_weight=tensor(np.tile(unit_weights, b)),
+            inverse_mass=tensor(np.tile(1.0 / mesh.lumped_mass(), b)).unsqueeze(1),
+            pos=tensor(np.tile(mesh.points, (b, 1))),
+            adj_t=_block_diagonal_csr(adjacency, b, dtype, device),
+            gcn_adj_t=_block_diagonal_csr(gcn, b, dtype, device),
+            mean_adj_t=_block_diagonal_csr(mean, b, dtype, device),
+            conductance_map=torch.sparse_coo_tensor(
+                np.vstack([cmap_coo.row, cmap_coo.col]),
+                cmap_coo.data,
+                cmap.shape,
+                dtype=dtype,
+                device=device,
+            ).coalesce(),
+            mean_edge_length=float(mesh.mean_edge_length),
+        )
+
+    def per_sample(self, node_values: torch.Tensor) -> torch.Tensor:
+        """Repeat a ``[N, C]`` per-node tensor for every sample of the batch: ``[B * N, C]``."""
+        return node_values.repeat(self.batch_size, 1)
+
+    def per_edge(self, edge_values: torch.Tensor) -> torch.Tensor:
+        """Repeat a ``[2E]`` or ``[2E, C]`` per-edge tensor for every sample of the batch."""
+        return edge_values.repeat(self.batch_size, *([1] * (edge_values.dim() - 1)))
