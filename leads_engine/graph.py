@@ -61,7 +61,7 @@ def conductance_map(mesh: Mesh) -> sp.csr_matrix:
             if a == b:
                 continue
             edge_rows = np.array(
-                [lookup[(int(i), int(j))] for i, j in zip(cells[:, a], cells[:, b])]
+                [lookup[(int(i), int(j))] for i, j in zip(cells[:, a], cells[:, b], strict=True)]
             )
             for n in range(k):
                 rows.append(edge_rows)
