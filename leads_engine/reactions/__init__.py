@@ -13,6 +13,7 @@ from .base import ParameterRange, ReactionModel, smooth_step
 from .fenton_karma import FentonKarma
 from .fitzhugh_nagumo import FitzHughNagumo
 from .mitchell_schaeffer import MitchellSchaeffer
+from .neural import NeuralReaction
 from .rogers_mcculloch import RogersMcCulloch
 
 REACTION_MODELS: MappingProxyType[str, type[ReactionModel]] = MappingProxyType(
@@ -42,7 +43,13 @@ def resolve_reaction_name(name: str) -> str:
 
 
 def build_reaction(name: str, learnable: bool = True, **values: float) -> ReactionModel:
-    """Instantiate a catalog reaction model by name or alias, with optional parameter values."""
+    """Instantiate a catalog reaction model by name or alias, with optional parameter values.
+
+    ``neural`` builds the :class:`NeuralReaction` (keyword arguments: ``hidden``, ``layers``,
+    ``n_recovery``, ``time_scale``).
+    """
+    if name == NeuralReaction.name:
+        return NeuralReaction(learnable=learnable, **values)
     return REACTION_MODELS[resolve_reaction_name(name)](learnable=learnable, **values)
 
 
@@ -53,6 +60,7 @@ __all__ = [
     "FentonKarma",
     "FitzHughNagumo",
     "MitchellSchaeffer",
+    "NeuralReaction",
     "ParameterRange",
     "ReactionModel",
     "RogersMcCulloch",

@@ -1,0 +1,129 @@
+r"""The hybrid model: a diffusion operator from the catalog joined to a reaction model.
+
+.. math::
+    \frac{du}{dt} = D_\phi(u; \mathcal{G}) + R_u(u, w; \theta), \qquad
+    \frac{dw}{dt} = R_w(u, w; \theta)
+
+Integration for training is explicit Euler on the data's frame grid with ``steps_per_frame``
+sub-steps of ``dt = frame_interval / steps_per_frame``. It is *multirate*: templates marked
+``every_frame`` in the catalog (the neural operators, 10-60 ms per evaluation on a 20-sample
+batch) are evaluated once per frame and their rate held over its sub-steps, while the cheap
+physical operators (``every_step``) and the reaction are evaluated at every sub-step. This
+keeps a training epoch within seconds; see ``benchmarks/training_speed.py``.
+
+Memory stays bounded on long horizons by gradient checkpointing over chunks of frames:
+only the chunk boundaries are stored and each chunk is recomputed during the backward pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .diffusion import build_diffusion, template_info
+from .graph import MeshGraph
+from .reactions import ReactionModel, build_reaction
+from .simulator import SimulationDiverged
+from .spec import CandidateSpec
+
+
+class HybridModel(nn.Module):
+    """``HybridModel(diffusion, reaction)``: the twin's right-hand side and its integrator."""
+
+    def __init__(
+        self, diffusion: nn.Module, reaction: ReactionModel, diffusion_every_step: bool = True
+    ) -> None:
+        super().__init__()
+        self.diffusion = diffusion
+        self.reaction = reaction
+        self.diffusion_every_step = diffusion_every_step
+
+    @classmethod
+    def from_spec(cls, spec: CandidateSpec, num_nodes: int) -> HybridModel:
+        """Build the model a spec describes, with its seed (same spec -> same weights)."""
+        torch.manual_seed(spec.seed)
+        reaction = build_reaction(
+            spec.reaction, **spec.reaction_parameters, **spec.reaction_hyperparameters
+        )
+        diffusion = build_diffusion(
+            spec.diffusion, num_nodes, spec.diffusion_hyperparameters, spec.diffusion_source
+        )
+        every_step = template_info(spec.diffusion).evaluation == "every_step"
+        return cls(diffusion, reaction, every_step)
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def _advance(
+        self,
+        u: torch.Tensor,
+        w: torch.Tensor,
+        graph: MeshGraph,
+        n_frames: int,
+        steps_per_frame: int,
+        dt: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Integrate ``n_frames`` frames; returns the end state and the frames' ``u``."""
+        p = self.reaction.physical_parameters()
+        frames = []
+        for _ in range(n_frames):
+            for step in range(steps_per_frame):
+                if step == 0 or self.diffusion_every_step:
+                    diffusion_rate = self.diffusion(u, graph)
+                du, dw = self.reaction(u, w, p)
+                u, w = u + dt * (diffusion_rate + du), w + dt * dw
+            frames.append(u)
+        return u, w, torch.stack(frames)
+
+    def rollout(
+        self,
+        u0: torch.Tensor,
+        graph: MeshGraph,
+        n_frames: int,
+        frame_interval: float,
+        steps_per_frame: int,
+        checkpoint_frames: int | None = 10,
+        max_abs: float = 10.0,
+    ) -> torch.Tensor:
+        """Predict ``u`` at ``n_frames`` frames after the initial one: ``[B, n_frames, N]``.
+
+        ``u0`` is the observed first frame ``[B, N]`` (the stimulus); recovery variables start
+        at rest. Raises :class:`SimulationDiverged` (step counted from the start) when the
+        state turns non-finite or exceeds ``max_abs``.
+        """
+        batch, nodes = u0.shape
+        u = u0.reshape(batch * nodes, 1)
+        w = self.reaction.initial_state(batch * nodes, 1, dtype=u.dtype, device=u.device)[1:]
+        dt = frame_interval / steps_per_frame
+        chunk = checkpoint_frames or n_frames
+        use_checkpoint = checkpoint_frames is not None and torch.is_grad_enabled()
+        outputs = []
+        done = 0
+        while done < n_frames:
+            count = min(chunk, n_frames - done)
+            args = (u, w, graph, count, steps_per_frame, dt)
+            if use_checkpoint:
+                u, w, frames = checkpoint(self._advance, *args, use_reentrant=False)
+            else:
+                u, w, frames = self._advance(*args)
+            peak = float(frames.detach().abs().max())
+            if not math.isfinite(peak) or peak > max_abs:
+                first_bad = _first_bad_frame(frames.detach(), max_abs)
+                frame = done + first_bad + 1
+                reason = "non-finite TMP" if not math.isfinite(peak) else f"|u| reached {peak:.3g}"
+                raise SimulationDiverged(
+                    reason, step=frame * steps_per_frame, time=frame * frame_interval
+                )
+            outputs.append(frames)
+            done += count
+        u_frames = torch.cat(outputs)  # [n_frames, B*N, 1]
+        return u_frames.reshape(n_frames, batch, nodes).transpose(0, 1)
+
+
+def _first_bad_frame(frames: torch.Tensor, max_abs: float) -> int:
+    bad = ~(frames.abs() <= max_abs)  # NaN compares False
+    per_frame = bad.reshape(frames.shape[0], -1).any(dim=1)
+    return int(per_frame.nonzero()[0, 0]) if per_frame.any() else 0

@@ -1,0 +1,388 @@
+"""Training and evaluation of one candidate: ``fit(spec, dataset)`` and ``evaluate``.
+
+The loss is the mean squared error of the observed quantity over the predicted frames
+(identity observation = TMP; an observation operator such as a lead field plugs in through
+:class:`Observation`). Adam with gradient-norm clipping, per-epoch train and validation loss,
+the best epoch's weights kept, early stopping on the validation loss, and a readable
+diagnosis. A candidate whose integration blows up is returned with ``status="unstable"`` and
+the epoch and step of the failure; it never raises to the caller.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .dataset import EPDataset
+from .graph import MeshGraph
+from .hybrid import HybridModel
+from .metrics import ActivationError, activation_times, at_mae
+from .simulator import SimulationDiverged
+from .spec import CandidateSpec
+
+Status = Literal["ok", "unstable", "failed"]
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Numerics and optimisation settings of a fit (defaults: the search's inner loop)."""
+
+    epochs: int = 3
+    batch_size: int = 5
+    learning_rate: float = 1e-2
+    physical_learning_rate: float = 5e-2
+    grad_clip: float = 1.0
+    steps_per_frame: int = 5
+    checkpoint_frames: int | None = 10
+    patience: int = 5
+    max_abs: float = 10.0
+    device: str | None = None
+    seed: int | None = None
+
+    def torch_device(self) -> torch.device:
+        if self.device:
+            return torch.device(self.device)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """One progress event: after a batch (``phase="train"``) or an epoch (``"epoch"``)."""
+
+    phase: Literal["train", "epoch"]
+    epoch: int
+    epochs: int
+    batch: int
+    batches: int
+    train_loss: float | None = None
+    val_loss: float | None = None
+
+
+ProgressCallback = Callable[[TrainingProgress], None]
+
+
+class Observation:
+    """Identity observation: the loss compares TMP on every node."""
+
+    name = "tmp"
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        return u
+
+    def targets(self, dataset: EPDataset, indices: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(dataset.u[indices, 1:])
+
+
+@dataclass
+class Diagnosis:
+    """What the curves say, in words the agent can act on."""
+
+    verdict: Literal["good_fit", "overfitting", "underfitting", "unstable", "failed"]
+    text: str
+    generalisation_gap: float | None
+    explained_variance: float | None
+    parameter_count: int
+
+
+@dataclass
+class FitResult:
+    status: Status
+    train_losses: list[float]
+    val_losses: list[float]
+    best_epoch: int | None
+    best_val_loss: float | None
+    parameter_count: int
+    wall_seconds: float
+    diagnosis: Diagnosis
+    state_dict: dict[str, torch.Tensor] | None
+    failure: dict[str, Any] | None = None
+    reaction_parameters: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-friendly summary (no weights)."""
+        return {
+            "status": self.status,
+            "train_losses": self.train_losses,
+            "val_losses": self.val_losses,
+            "best_epoch": self.best_epoch,
+            "best_val_loss": self.best_val_loss,
+            "parameter_count": self.parameter_count,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "failure": self.failure,
+            "reaction_parameters": self.reaction_parameters,
+            "diagnosis": {
+                "verdict": self.diagnosis.verdict,
+                "text": self.diagnosis.text,
+                "generalisation_gap": self.diagnosis.generalisation_gap,
+                "explained_variance": self.diagnosis.explained_variance,
+            },
+        }
+
+
+class GraphCache:
+    """Batched graphs of one mesh, built once per batch size."""
+
+    def __init__(self, dataset: EPDataset, device: torch.device) -> None:
+        self.mesh = dataset.mesh()
+        self.device = device
+        self._graphs: dict[int, MeshGraph] = {}
+
+    def __call__(self, batch_size: int) -> MeshGraph:
+        if batch_size not in self._graphs:
+            self._graphs[batch_size] = MeshGraph.from_mesh(
+                self.mesh, batch_size, device=self.device
+            )
+        return self._graphs[batch_size]
+
+
+def frame_interval(dataset: EPDataset) -> float:
+    steps = np.diff(dataset.t)
+    if not np.allclose(steps, steps[0], rtol=1e-6):
+        raise ValueError("training needs equally spaced frames")
+    return float(steps[0])
+
+
+def predict(
+    model: HybridModel,
+    dataset: EPDataset,
+    indices: np.ndarray,
+    graphs: GraphCache,
+    config: TrainingConfig,
+) -> torch.Tensor:
+    """Predicted TMP ``[len(indices), frames - 1, N]`` after the first (observed) frame."""
+    device = graphs.device
+    u0 = torch.from_numpy(dataset.u[indices, 0]).to(device)
+    return model.rollout(
+        u0,
+        graphs(len(indices)),
+        dataset.n_frames - 1,
+        frame_interval(dataset),
+        config.steps_per_frame,
+        config.checkpoint_frames,
+        config.max_abs,
+    )
+
+
+def _optimizer(model: HybridModel, config: TrainingConfig) -> torch.optim.Optimizer:
+    """Adam with a larger step for the physical parameters (reaction, conductivities)."""
+    physical, neural = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        is_physical = name.startswith("reaction.raw_") or "conductivity" in name
+        (physical if is_physical else neural).append(parameter)
+    groups = [{"params": neural, "lr": config.learning_rate}]
+    if physical:
+        groups.append({"params": physical, "lr": config.physical_learning_rate})
+    return torch.optim.Adam(groups)
+
+
+def diagnose(
+    train_losses: list[float],
+    val_losses: list[float],
+    status: Status,
+    parameter_count: int,
+    data_variance: float,
+    failure: dict[str, Any] | None = None,
+) -> Diagnosis:
+    """Name the fit's problem: instability, over-fitting (gap) or under-fitting (variance)."""
+    if status != "ok" or not val_losses:
+        where = f" at epoch {failure['epoch']}, step {failure['step']}" if failure else ""
+        reason = failure.get("reason", "") if failure else ""
+        return Diagnosis(
+            "unstable" if status == "unstable" else "failed",
+            f"integration diverged{where} ({reason}); reduce capacity, simplify the diffusion "
+            "or choose a different reaction",
+            None,
+            None,
+            parameter_count,
+        )
+    best = int(np.argmin(val_losses))
+    gap = (val_losses[best] - train_losses[best]) / max(train_losses[best], 1e-12)
+    explained = 1.0 - val_losses[best] / max(data_variance, 1e-12)
+    improving = len(val_losses) > 1 and val_losses[-1] < 0.95 * val_losses[0]
+    if gap > 0.5:
+        verdict, advice = "overfitting", "validation loss well above training loss: simplify"
+    elif explained < 0.8 or (len(train_losses) > 1 and not improving and explained < 0.95):
+        verdict = "underfitting"
+        advice = "the model explains too little of the data: refine (more capacity) or change"
+        advice += " the reaction model"
+    else:
+        verdict, advice = "good_fit", "train and validation agree and the error is small"
+    text = (
+        f"{verdict}: val MSE {val_losses[best]:.3g} (best epoch {best + 1}), train MSE "
+        f"{train_losses[best]:.3g}, gap {gap:+.0%}, explains {explained:.1%} of the variance, "
+        f"{parameter_count} parameters; {advice}"
+    )
+    return Diagnosis(verdict, text, float(gap), float(explained), parameter_count)
+
+
+def fit(
+    spec: CandidateSpec,
+    dataset: EPDataset,
+    config: TrainingConfig | None = None,
+    progress: ProgressCallback | None = None,
+    initial_state: dict[str, torch.Tensor] | None = None,
+    observation: Observation | None = None,
+) -> FitResult:
+    """Train the candidate ``spec`` on the data set's train split; select on its val split."""
+    config = config or TrainingConfig()
+    observation = observation or Observation()
+    device = config.torch_device()
+    started = time.perf_counter()
+    seed = spec.seed if config.seed is None else config.seed
+    model = HybridModel.from_spec(spec, dataset.n_nodes).to(device)
+    if initial_state is not None:
+        model.load_state_dict(initial_state)
+    graphs = GraphCache(dataset, device)
+    optimizer = _optimizer(model, config)
+    train_index = dataset.indices("train")
+    val_index = dataset.indices("val")
+    if len(val_index) == 0:
+        val_index = train_index
+    val_targets = observation.targets(dataset, val_index).to(device)
+    data_variance = float(val_targets.var())
+    shuffler = torch.Generator().manual_seed(seed)
+    batches = math.ceil(len(train_index) / config.batch_size)
+
+    train_losses: list[float] = []
+    val_losses: list[float] = []
+    best_state: dict[str, torch.Tensor] | None = None
+    best_val = math.inf
+    best_epoch: int | None = None
+    failure: dict[str, Any] | None = None
+    status: Status = "ok"
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        order = train_index[torch.randperm(len(train_index), generator=shuffler).numpy()]
+        epoch_loss = 0.0
+        try:
+            for b in range(batches):
+                batch = order[b * config.batch_size : (b + 1) * config.batch_size]
+                targets = observation.targets(dataset, batch).to(device)
+                optimizer.zero_grad(set_to_none=True)
+                predicted = predict(model, dataset, batch, graphs, config)
+                loss = torch.mean((observation(predicted) - targets) ** 2)
+                if not torch.isfinite(loss):
+                    raise SimulationDiverged("non-finite loss", 0, float(dataset.t[-1]))
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                if not torch.isfinite(grad_norm):
+                    raise SimulationDiverged("non-finite gradient", 0, float(dataset.t[-1]))
+                optimizer.step()
+                epoch_loss += float(loss) * len(batch)
+                if progress:
+                    progress(
+                        TrainingProgress(
+                            "train", epoch, config.epochs, b + 1, batches, train_loss=float(loss)
+                        )
+                    )
+            model.eval()
+            with torch.no_grad():
+                predicted = predict(model, dataset, val_index, graphs, config)
+                val_loss = float(torch.mean((observation(predicted) - val_targets) ** 2))
+        except SimulationDiverged as exc:
+            status = "unstable"
+            failure = {"epoch": epoch, "step": exc.step, "time_ms": exc.time, "reason": exc.reason}
+            break
+        train_losses.append(epoch_loss / len(train_index))
+        val_losses.append(val_loss)
+        if progress:
+            progress(
+                TrainingProgress(
+                    "epoch", epoch, config.epochs, batches, batches, train_losses[-1], val_loss
+                )
+            )
+        if val_loss < best_val:
+            best_val, best_epoch = val_loss, epoch
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        elif best_epoch is not None and epoch - best_epoch >= config.patience:
+            break
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    diagnosis = diagnose(
+        train_losses, val_losses, status, model.parameter_count(), data_variance, failure
+    )
+    return FitResult(
+        status=status,
+        train_losses=train_losses,
+        val_losses=val_losses,
+        best_epoch=best_epoch,
+        best_val_loss=None if best_epoch is None else best_val,
+        parameter_count=model.parameter_count(),
+        wall_seconds=time.perf_counter() - started,
+        diagnosis=diagnosis,
+        state_dict=copy.deepcopy(best_state),
+        failure=failure,
+        reaction_parameters=model.reaction.parameter_values(),
+    )
+
+
+@dataclass
+class Evaluation:
+    """Test-split scores of a trained model."""
+
+    split: str
+    mse: float
+    per_sample_mse: list[float]
+    activation_error: ActivationError
+    at_true: np.ndarray
+    at_pred: np.ndarray
+    u_pred: np.ndarray = field(repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "split": self.split,
+            "mse": self.mse,
+            "per_sample_mse": self.per_sample_mse,
+            "at_mae_ms": self.activation_error.mae,
+            **{f"at_{k}": v for k, v in self.activation_error.as_dict().items() if k != "mae"},
+        }
+
+
+def load_model(
+    spec: CandidateSpec, dataset: EPDataset, state_dict: dict[str, torch.Tensor] | None
+) -> HybridModel:
+    model = HybridModel.from_spec(spec, dataset.n_nodes)
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
+    return model
+
+
+def evaluate(
+    spec: CandidateSpec,
+    dataset: EPDataset,
+    state_dict: dict[str, torch.Tensor] | None,
+    split: str = "test",
+    config: TrainingConfig | None = None,
+) -> Evaluation:
+    """MSE, activation times and AT MAE of a trained candidate on one split."""
+    config = config or TrainingConfig()
+    device = config.torch_device()
+    model = load_model(spec, dataset, state_dict).to(device).eval()
+    indices = dataset.indices(split)
+    graphs = GraphCache(dataset, device)
+    with torch.no_grad():
+        predicted = predict(model, dataset, indices, graphs, config).cpu().numpy()
+    u_pred = np.concatenate([dataset.u[indices, :1], predicted], axis=1)
+    u_true = dataset.u[indices]
+    per_sample = ((u_pred[:, 1:] - u_true[:, 1:]) ** 2).mean(axis=(1, 2))
+    at_true = activation_times(u_true, dataset.t)
+    at_pred = activation_times(u_pred, dataset.t)
+    return Evaluation(
+        split=split,
+        mse=float(per_sample.mean()),
+        per_sample_mse=[float(x) for x in per_sample],
+        activation_error=at_mae(at_pred, at_true),
+        at_true=at_true,
+        at_pred=at_pred,
+        u_pred=u_pred,
+    )
