@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -239,7 +240,7 @@ def load_dataset(name_or_path: str | Path) -> EPDataset:
     try:
         with np.load(path, allow_pickle=False) as archive:
             contents = {key: archive[key] for key in archive.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError) as exc:
         raise DatasetError(f"{path}: not a readable .npz data set ({exc})") from exc
     missing = [key for key in REQUIRED_KEYS if key not in contents]
     if missing:

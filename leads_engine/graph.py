@@ -9,10 +9,15 @@ block-diagonal sparse CSR matrices, the fast path of PyG layers that accept an `
 * ``gcn_adj_t``: ``D^{-1/2} (A + I) D^{-1/2}`` (use with ``GCNConv(normalize=False)``);
 * ``mean_adj_t``: row-normalised adjacency ``D^{-1} A`` (mean aggregation).
 
+:meth:`MeshGraph.flux_divergence` applies a diffusion in flux form,
+``du_i/dt = (1/M_i) sum_j w_ji (u_j - u_i)``, for any edge conductances ``w``: the physical
+templates pass FE conductances, the neural ones conductances that a network predicts.
+
 For the physical operators it carries the finite-element quantities: ``edge_weight`` (the
 positive cotangent/FE conductances ``-K_ij`` for unit conductivity), ``inverse_mass`` and
-``conductance_map``, the linear map from per-node conductivity to edge conductances, so that
-``(K(sigma) u)_i = sum_j w_ij(sigma) (u_i - u_j)`` reproduces the mesh's FE stiffness exactly.
+:meth:`MeshGraph.edge_conductance`, the linear map from per-node conductivity to edge
+conductances, so that ``(K(sigma) u)_i = sum_j w_ij(sigma) (u_i - u_j)`` reproduces the mesh's
+FE stiffness exactly.
 """
 
 from __future__ import annotations
@@ -73,6 +78,21 @@ def conductance_map(mesh: Mesh) -> sp.csr_matrix:
     ).tocsr()
 
 
+def _gather_table(matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a sparse matrix as padded ``(column index, value)`` tables (padding: 0, 0.0)."""
+    matrix = sp.csr_matrix(matrix)
+    matrix.sum_duplicates()
+    counts = np.diff(matrix.indptr)
+    width = int(counts.max())
+    nodes = np.zeros((matrix.shape[0], width), dtype=np.int64)
+    values = np.zeros((matrix.shape[0], width))
+    slot = np.arange(matrix.nnz) - np.repeat(matrix.indptr[:-1], counts)
+    rows = np.repeat(np.arange(matrix.shape[0]), counts)
+    nodes[rows, slot] = matrix.indices
+    values[rows, slot] = matrix.data
+    return nodes, values
+
+
 @dataclass
 class MeshGraph:
     """Graph tensors for a batch of ``batch_size`` samples on one mesh (see module docstring)."""
@@ -83,11 +103,13 @@ class MeshGraph:
     edge_length: torch.Tensor
     edge_weight: torch.Tensor
     inverse_mass: torch.Tensor
+    inverse_degree: torch.Tensor
     pos: torch.Tensor
     adj_t: torch.Tensor
     gcn_adj_t: torch.Tensor
     mean_adj_t: torch.Tensor
-    conductance_map: torch.Tensor
+    conductance_nodes: torch.Tensor
+    conductance_coefficients: torch.Tensor
     mean_edge_length: float
 
     @classmethod
@@ -116,7 +138,10 @@ class MeshGraph:
         def tensor(array: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(array, dtype=dtype, device=device)
 
-        cmap_coo = cmap.tocoo()
+        # The conductance map as a gather table: edge e takes sum_k coef[e, k] sigma[node[e, k]]
+        # (at most 6 terms: the 3 nodes of each of the edge's 2 triangles). A gather is much
+        # cheaper than a sparse product, forward and backward.
+        nodes, coefficients = _gather_table(cmap)
         return cls(
             num_nodes=n,
             batch_size=b,
@@ -124,19 +149,36 @@ class MeshGraph:
             edge_length=tensor(np.tile(lengths, b)),
             edge_weight=tensor(np.tile(unit_weights, b)),
             inverse_mass=tensor(np.tile(1.0 / mesh.lumped_mass(), b)).unsqueeze(1),
+            inverse_degree=tensor(np.tile(1.0 / degree, b)).unsqueeze(1),
             pos=tensor(np.tile(mesh.points, (b, 1))),
             adj_t=_block_diagonal_csr(adjacency, b, dtype, device),
             gcn_adj_t=_block_diagonal_csr(gcn, b, dtype, device),
             mean_adj_t=_block_diagonal_csr(mean, b, dtype, device),
-            conductance_map=torch.sparse_coo_tensor(
-                np.vstack([cmap_coo.row, cmap_coo.col]),
-                cmap_coo.data,
-                cmap.shape,
-                dtype=dtype,
-                device=device,
-            ).coalesce(),
+            conductance_nodes=torch.as_tensor(nodes, dtype=torch.int64, device=device),
+            conductance_coefficients=tensor(coefficients),
             mean_edge_length=float(mesh.mean_edge_length),
         )
+
+    def edge_conductance(self, node_conductivity: torch.Tensor) -> torch.Tensor:
+        """FE conductances ``[B*2E]`` of the batch's edges for a per-node conductivity ``[N]``.
+
+        ``graph.edge_conductance(sigma)`` with :attr:`inverse_mass` gives exactly
+        ``mesh.laplacian(sigma)``: ``du_i/dt = (1/M_i) sum_j w_ji (u_j - u_i)``.
+        """
+        per_edge = (self.conductance_coefficients * node_conductivity[self.conductance_nodes]).sum(
+            1
+        )
+        return self.per_edge(per_edge)
+
+    def flux_divergence(self, edge_conductance: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """``du_i/dt = (1/M_i) sum_j w_ji (u_j - u_i)``: diffusion with edge conductances ``w``.
+
+        ``edge_conductance`` is per directed edge (``[B*2E]``); with
+        ``w = edge_conductance(sigma)`` this is ``mesh.laplacian(sigma) @ u``.
+        """
+        src, dst = self.edge_index
+        flux = edge_conductance.unsqueeze(1) * (u[src] - u[dst])
+        return self.inverse_mass * torch.zeros_like(u).index_add_(0, dst, flux)
 
     def per_sample(self, node_values: torch.Tensor) -> torch.Tensor:
         """Repeat a ``[N, C]`` per-node tensor for every sample of the batch: ``[B * N, C]``."""

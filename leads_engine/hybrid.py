@@ -5,11 +5,13 @@ r"""The hybrid model: a diffusion operator from the catalog joined to a reaction
     \frac{dw}{dt} = R_w(u, w; \theta)
 
 Integration for training is explicit Euler on the data's frame grid with ``steps_per_frame``
-sub-steps of ``dt = frame_interval / steps_per_frame``. It is *multirate*: templates marked
-``every_frame`` in the catalog (the neural operators, 10-60 ms per evaluation on a 20-sample
-batch) are evaluated once per frame and their rate held over its sub-steps, while the cheap
-physical operators (``every_step``) and the reaction are evaluated at every sub-step. This
-keeps a training epoch within seconds; see ``benchmarks/training_speed.py``.
+sub-steps of ``dt = frame_interval / steps_per_frame``. It is *multirate*: the neural
+templates (``every_frame`` in the catalog, 10-70 ms per evaluation on a 20-sample batch) are
+flux-form operators whose network predicts edge conductances; those are evaluated once per
+frame and held over its sub-steps, while the flux itself, the physical operators
+(``every_step``) and the reaction are evaluated at every sub-step. Holding conductances rather
+than the rate keeps the explicit scheme stable (a held rate would be an explicit step of a
+whole frame). See ``benchmarks/training_speed.py`` for the resulting epoch times.
 
 Memory stays bounded on long horizons by gradient checkpointing over chunks of frames:
 only the chunk boundaries are stored and each chunk is recomputed during the backward pass.
@@ -70,9 +72,13 @@ class HybridModel(nn.Module):
         p = self.reaction.physical_parameters()
         frames = []
         for _ in range(n_frames):
-            for step in range(steps_per_frame):
-                if step == 0 or self.diffusion_every_step:
+            if not self.diffusion_every_step:
+                conductance = self.diffusion.edge_conductance(u, graph)
+            for _ in range(steps_per_frame):
+                if self.diffusion_every_step:
                     diffusion_rate = self.diffusion(u, graph)
+                else:
+                    diffusion_rate = graph.flux_divergence(conductance, u)
                 du, dw = self.reaction(u, w, p)
                 u, w = u + dt * (diffusion_rate + du), w + dt * dw
             frames.append(u)
@@ -104,11 +110,16 @@ class HybridModel(nn.Module):
         done = 0
         while done < n_frames:
             count = min(chunk, n_frames - done)
-            args = (u, w, graph, count, steps_per_frame, dt)
             if use_checkpoint:
-                u, w, frames = checkpoint(self._advance, *args, use_reentrant=False)
+                # The re-entrant variant has far less per-operation overhead than the
+                # saved-tensor-hook one; it needs an input that requires grad to record the
+                # chunk, hence the first chunk's initial state is marked.
+                if not u.requires_grad:
+                    u = u.detach().requires_grad_(True)
+                args = (u, w, graph, count, steps_per_frame, dt)
+                u, w, frames = checkpoint(self._advance, *args, use_reentrant=True)
             else:
-                u, w, frames = self._advance(*args)
+                u, w, frames = self._advance(u, w, graph, count, steps_per_frame, dt)
             peak = float(frames.detach().abs().max())
             if not math.isfinite(peak) or peak > max_abs:
                 first_bad = _first_bad_frame(frames.detach(), max_abs)

@@ -38,8 +38,8 @@ ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
 class SimulationDiverged(RuntimeError):
     """The state became non-finite or left its plausible range during integration."""
 
-    def __init__(self, reason: str, step: int, time: float) -> None:
-        super().__init__(f"simulation diverged at step {step} (t = {time:.3f}): {reason}")
+    def __init__(self, reason: str, step: int, time: float, unit: str = "step") -> None:
+        super().__init__(f"simulation diverged at {unit} {step} (t = {time:.3f} ms): {reason}")
         self.reason = reason
         self.step = step
         self.time = time
@@ -67,10 +67,15 @@ class StabilityGuard:
         # A rate that is non-finite shows up in the state one step later.
         peak = float(state.detach().abs().max())
         if not math.isfinite(peak):
-            raise SimulationDiverged("non-finite state", self.evaluations, float(t))
+            raise SimulationDiverged(
+                "non-finite state", self.evaluations, float(t), "right-hand-side evaluation"
+            )
         if peak > self.max_abs:
             raise SimulationDiverged(
-                f"|state| reached {peak:.3g} > {self.max_abs:g}", self.evaluations, float(t)
+                f"|state| reached {peak:.3g} > {self.max_abs:g}",
+                self.evaluations,
+                float(t),
+                "right-hand-side evaluation",
             )
 
 
@@ -85,7 +90,7 @@ class Pacing:
 
     sites: Sequence[int]
     mode: Literal["initial", "current"] = "initial"
-    radius: float = 3.0
+    radius: float = 6.0
     amplitude: float = 1.0
     start: float = 0.0
     duration: float = 2.0

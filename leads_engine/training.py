@@ -35,7 +35,7 @@ class TrainingConfig:
     """Numerics and optimisation settings of a fit (defaults: the search's inner loop)."""
 
     epochs: int = 3
-    batch_size: int = 5
+    batch_size: int = 10
     learning_rate: float = 1e-2
     physical_learning_rate: float = 5e-2
     grad_clip: float = 1.0
@@ -176,7 +176,9 @@ def _optimizer(model: HybridModel, config: TrainingConfig) -> torch.optim.Optimi
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        is_physical = name.startswith("reaction.raw_") or "conductivity" in name
+        # Bounded physical scalars are stored as ``raw_<name>`` (reaction parameters,
+        # conductivities): they get the larger step.
+        is_physical = name.rsplit(".", 1)[-1].startswith("raw_")
         (physical if is_physical else neural).append(parameter)
     groups = [{"params": neural, "lr": config.learning_rate}]
     if physical:
@@ -277,11 +279,16 @@ def fit(
                 if not torch.isfinite(grad_norm):
                     raise SimulationDiverged("non-finite gradient", 0, float(dataset.t[-1]))
                 optimizer.step()
-                epoch_loss += float(loss) * len(batch)
+                epoch_loss += float(loss.detach()) * len(batch)
                 if progress:
                     progress(
                         TrainingProgress(
-                            "train", epoch, config.epochs, b + 1, batches, train_loss=float(loss)
+                            "train",
+                            epoch,
+                            config.epochs,
+                            b + 1,
+                            batches,
+                            train_loss=float(loss.detach()),
                         )
                     )
             model.eval()

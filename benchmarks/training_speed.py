@@ -1,0 +1,96 @@
+"""Training speed and memory of one candidate on a full benchmark set.
+
+Fits a candidate (default: the true reaction + GAT diffusion, the human-designed hybrid) for a
+few epochs on a full benchmark set (20 training trajectories, bundled mesh, 500 ms horizon)
+and prints seconds per epoch, training node-steps per second and peak memory. Runs on CUDA
+when present (``--device cuda``).
+
+    python benchmarks/training_speed.py [--dataset ap] [--diffusion gat] [--epochs 3]
+
+The data set is generated under ``$LEADS_HOME`` if missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+
+import torch
+
+from leads_engine.dataset import DatasetError, datasets_dir, load_dataset
+from leads_engine.generator import BenchmarkConfig, generate_benchmark
+from leads_engine.spec import CandidateSpec
+from leads_engine.training import TrainingConfig, TrainingProgress, fit
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="ap", help="benchmark set name (ap, rm, ms)")
+    parser.add_argument("--reaction", help="reaction model (default: the data set's true one)")
+    parser.add_argument("--diffusion", nargs="+", default=["gat"], help="template(s) to time")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=TrainingConfig.batch_size)
+    parser.add_argument("--steps-per-frame", type=int, default=TrainingConfig.steps_per_frame)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    try:
+        dataset = load_dataset(args.dataset)
+    except DatasetError:
+        print(f"generating {args.dataset} under {datasets_dir()} ...", file=sys.stderr)
+        dataset = generate_benchmark(BenchmarkConfig(reaction=args.dataset), name=args.dataset)
+        dataset.save(datasets_dir() / f"{args.dataset}.npz")
+    reaction = args.reaction or dataset.meta["reaction"]
+    config = TrainingConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        steps_per_frame=args.steps_per_frame,
+        device=args.device,
+        patience=args.epochs,
+    )
+    device = config.torch_device()
+    n_train = len(dataset.indices("train"))
+    n_val = len(dataset.indices("val"))
+    steps = (dataset.n_frames - 1) * config.steps_per_frame
+    print(
+        f"data set {dataset.name}: {n_train} train / {n_val} val trajectories, {dataset.n_nodes} "
+        f"nodes, {dataset.n_frames} frames, {steps} Euler steps of "
+        f"{(dataset.t[1] - dataset.t[0]) / config.steps_per_frame:g} ms; device {device}, "
+        f"{args.threads} threads, batch {config.batch_size}"
+    )
+    for template in args.diffusion:
+        spec = CandidateSpec(reaction=reaction, diffusion=template)
+        epoch_times: list[float] = []
+        last = [time.perf_counter()]
+
+        def on_progress(event: TrainingProgress, times=epoch_times, mark=last) -> None:
+            if event.phase == "epoch":
+                now = time.perf_counter()
+                times.append(now - mark[0])
+                mark[0] = now
+
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        result = fit(spec, dataset, config, progress=on_progress)
+        peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        node_steps = dataset.n_nodes * n_train * steps * len(epoch_times)
+        total = sum(epoch_times)
+        line = (
+            f"{reaction} + {template:<18} params {result.parameter_count:>6}  status "
+            f"{result.status:<8} {result.wall_seconds:6.1f} s for {len(epoch_times)} epochs "
+            f"({total / max(len(epoch_times), 1):5.1f} s/epoch)  "
+            f"{node_steps / max(total, 1e-9):.3g} train node-steps/s  "
+            f"val MSE {result.best_val_loss if result.best_val_loss is None else round(result.best_val_loss, 5)}"
+            f"  peak RSS {peak_rss_gb:.2f} GB"
+        )
+        if device.type == "cuda":
+            line += f"  peak CUDA {torch.cuda.max_memory_allocated() / 2**30:.2f} GB"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

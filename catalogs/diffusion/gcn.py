@@ -1,0 +1,60 @@
+"""GCN (Kipf & Welling, ICLR 2017) predicting edge conductances of a diffusion."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.nn import GCNConv
+from torch_geometric.nn.resolver import activation_resolver
+
+
+class Diffusion(nn.Module):
+    """Flux-form diffusion whose edge conductances a GCN network predicts.
+
+        x_i     = [u_i, mean_j u_j - u_i, p_i]          (p: node position, standardised)
+        h       = GCN layers on D^-1/2 (A+I) D^-1/2 (graph.gcn_adj_t),
+                  ``layers`` layers on x, 1 output channel
+        w_ij    = w^FE_ij * softplus(c + g (h_i + h_j))     (w^FE: graph.edge_weight)
+        du_i/dt = (1 / M_i) sum_j w_ij (u_j - u_i)
+
+    The flux form conserves charge and maps a uniform u to 0. At initialisation the gain g is
+    small, so the operator starts as the FE Laplacian with conductivity softplus(c) (init
+    ``conductivity``, mm^2/ms) and the network learns where and when conduction deviates
+    from it (scar, anisotropy, state dependence). ``edge_conductance`` is the expensive part:
+    the trainer evaluates it once per data frame and reuses it over the frame's sub-steps.
+    """
+
+    def __init__(
+        self,
+        num_nodes: int,
+        hidden: int = 16,
+        layers: int = 2,
+        activation: str = "tanh",
+        conductivity: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.num_nodes = num_nodes
+        sizes = [5] + [hidden] * (layers - 1) + [1]
+        self.convs = nn.ModuleList(
+            GCNConv(a, b, normalize=False, bias=False)
+            for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+        )
+        self.act = activation_resolver(activation)
+        self.raw_conductivity = nn.Parameter(torch.tensor(math.log(math.expm1(conductivity))))
+        self.gain = nn.Parameter(torch.tensor(0.1))
+
+    def edge_conductance(self, u: torch.Tensor, graph) -> torch.Tensor:
+        src, dst = graph.edge_index
+        neighbour_mean = torch.zeros_like(u).index_add_(0, dst, u[src]) * graph.inverse_degree
+        position = (graph.pos - graph.pos.mean(0)) / graph.pos.std(0, correction=0)
+        h = torch.cat([u, neighbour_mean - u, position], dim=1)
+        for layer, conv in enumerate(self.convs):
+            h = conv(h, graph.gcn_adj_t)
+            if layer < len(self.convs) - 1:
+                h = self.act(h)
+        h = h.squeeze(1)
+        return graph.edge_weight * F.softplus(self.raw_conductivity + self.gain * (h[src] + h[dst]))
+
+    def forward(self, u: torch.Tensor, graph) -> torch.Tensor:
+        return graph.flux_divergence(self.edge_conductance(u, graph), u)
