@@ -1,0 +1,121 @@
+"""The paper's scripted baselines, with the engine alone (no agent, no MCP).
+
+=============  ===========================================================================
+method         structure
+=============  ===========================================================================
+physics        true reaction + FE Laplacian with learnable per-node conductivity (oracle)
+hybrid-gat     true reaction + GAT diffusion (the human-designed hybrid, as HyPer-EP)
+diff-only      true reaction; the diffusion chosen among the catalog by validation loss
+react-only     GAT diffusion fixed; the reaction chosen among the catalog by validation loss
+all-neural     neural (MLP) reaction + GAT diffusion
+=============  ===========================================================================
+
+Each candidate trains for the search budget (``epochs``, default 3); the chosen one is then
+fine-tuned (``finetune_epochs``, default 10) and evaluated on the test split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .dataset import EPDataset
+from .diffusion import list_templates
+from .reactions import REACTION_MODELS
+from .spec import CandidateSpec
+from .training import Evaluation, FitResult, TrainingConfig, TrainingProgress, evaluate, fit
+
+BASELINES = ("physics", "hybrid-gat", "diff-only", "react-only", "all-neural")
+
+
+def baseline_candidates(method: str, true_reaction: str, seed: int = 0) -> list[CandidateSpec]:
+    """The candidate structures a baseline tries (one, or a catalog sweep)."""
+
+    def spec(reaction: str, diffusion: str) -> CandidateSpec:
+        return CandidateSpec(
+            reaction=reaction, diffusion=diffusion, operation="baseline", seed=seed
+        )
+
+    if method == "physics":
+        return [spec(true_reaction, "laplacian_nodewise")]
+    if method == "hybrid-gat":
+        return [spec(true_reaction, "gat")]
+    if method == "diff-only":
+        return [spec(true_reaction, info.name) for info in list_templates()]
+    if method == "react-only":
+        return [spec(name, "gat") for name in REACTION_MODELS]
+    if method == "all-neural":
+        return [spec("neural", "gat")]
+    raise ValueError(f"unknown baseline {method!r}; choose one of {', '.join(BASELINES)}")
+
+
+@dataclass
+class BaselineResult:
+    method: str
+    chosen: CandidateSpec
+    screening: list[tuple[CandidateSpec, FitResult]]
+    finetuned: FitResult
+    evaluation: Evaluation
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "reaction": self.chosen.reaction,
+            "diffusion": self.chosen.diffusion,
+            "screening": [
+                {
+                    "reaction": s.reaction,
+                    "diffusion": s.diffusion,
+                    "status": r.status,
+                    "val_loss": r.best_val_loss,
+                    "seconds": round(r.wall_seconds, 2),
+                }
+                for s, r in self.screening
+            ],
+            "finetune_val_loss": self.finetuned.best_val_loss,
+            "notes": self.extra,
+            "test": self.evaluation.summary(),
+            "wall_seconds": round(
+                sum(r.wall_seconds for _, r in self.screening) + self.finetuned.wall_seconds, 2
+            ),
+        }
+
+
+def run_baseline(
+    method: str,
+    dataset: EPDataset,
+    epochs: int = 3,
+    finetune_epochs: int = 10,
+    config: TrainingConfig | None = None,
+    progress: Callable[[str, TrainingProgress], None] | None = None,
+) -> BaselineResult:
+    """Screen the baseline's candidates, fine-tune the best and evaluate it on the test split."""
+    config = config or TrainingConfig()
+    true_reaction = str(dataset.meta["reaction"])
+    screening: list[tuple[CandidateSpec, FitResult]] = []
+    for spec in baseline_candidates(method, true_reaction):
+        label = f"{spec.reaction} + {spec.diffusion}"
+        callback = (lambda event, label=label: progress(label, event)) if progress else None
+        result = fit(spec, dataset, replace(config, epochs=epochs), progress=callback)
+        screening.append((spec, result))
+    trained = [(s, r) for s, r in screening if r.status == "ok" and r.best_val_loss is not None]
+    if not trained:
+        raise RuntimeError(f"every {method} candidate was unstable or failed")
+    chosen, first = min(trained, key=lambda pair: pair[1].best_val_loss)
+    callback = (lambda event: progress("fine-tune", event)) if progress else None
+    finetuned = fit(
+        chosen.model_copy(update={"operation": "finetune"}),
+        dataset,
+        replace(config, epochs=finetune_epochs),
+        progress=callback,
+        initial_state=first.state_dict,
+    )
+    if finetuned.status != "ok" or finetuned.state_dict is None:
+        finetuned = first  # fine-tuning diverged: keep the screened weights, and say so
+        extra = {"finetune": "diverged; evaluated the screened weights"}
+    else:
+        extra = {}
+    evaluation = evaluate(chosen, dataset, finetuned.state_dict, "test", config)
+    return BaselineResult(method, chosen, screening, finetuned, evaluation, extra)

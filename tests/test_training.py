@@ -1,0 +1,221 @@
+"""The hybrid model and the trainer: reproducibility, honesty about failure, physics."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from leads_engine.baselines import BASELINES, baseline_candidates, run_baseline
+from leads_engine.generator import BenchmarkConfig, generate_benchmark
+from leads_engine.graph import MeshGraph
+from leads_engine.hybrid import HybridModel
+from leads_engine.metrics import activation_times
+from leads_engine.simulator import SimulationDiverged
+from leads_engine.spec import CandidateSpec
+from leads_engine.training import (
+    TrainingConfig,
+    TrainingProgress,
+    diagnose,
+    evaluate,
+    fit,
+)
+
+FAST = TrainingConfig(epochs=2, batch_size=2, checkpoint_frames=5)
+
+
+@pytest.fixture(scope="module")
+def tiny(small_mesh):
+    """An Aliev-Panfilov set on the 200-node mesh: 6 samples, 60 ms."""
+    config = BenchmarkConfig(
+        reaction="ap", n_samples=6, split_sizes=(3, 2, 1), duration_ms=60.0, seed=3
+    )
+    return generate_benchmark(config, mesh=small_mesh, name="tiny")
+
+
+def test_same_spec_and_seed_train_to_the_same_numbers(tiny):
+    spec = CandidateSpec(reaction="ap", diffusion="gcn", seed=7)
+    first = fit(spec, tiny, FAST)
+    second = fit(spec, tiny, FAST)
+    assert first.status == second.status == "ok"
+    assert first.train_losses == second.train_losses
+    assert first.val_losses == second.val_losses
+    for key, value in first.state_dict.items():
+        assert torch.equal(value, second.state_dict[key]), key
+
+
+def test_a_different_seed_gives_different_weights(tiny):
+    a = fit(CandidateSpec(reaction="ap", diffusion="gcn", seed=1), tiny, FAST)
+    b = fit(CandidateSpec(reaction="ap", diffusion="gcn", seed=2), tiny, FAST)
+    assert a.train_losses != b.train_losses
+
+
+def test_fit_reports_curves_progress_and_keeps_the_best_epoch(tiny):
+    events: list[TrainingProgress] = []
+    config = TrainingConfig(epochs=3, batch_size=2, checkpoint_frames=5)
+    result = fit(
+        CandidateSpec(reaction="ap", diffusion="laplacian_global"),
+        tiny,
+        config,
+        progress=events.append,
+    )
+    assert result.status == "ok"
+    assert len(result.train_losses) == len(result.val_losses) == 3
+    assert result.best_val_loss == min(result.val_losses)
+    assert result.best_epoch == int(np.argmin(result.val_losses)) + 1
+    epochs = [e for e in events if e.phase == "epoch"]
+    assert [e.epoch for e in epochs] == [1, 2, 3]
+    assert [e for e in events if e.phase == "train"][0].batches == 2  # 3 samples, batch 2
+    assert result.parameter_count == 1 + 6  # conductivity + AP's five parameters + time scale
+    assert result.diagnosis.text and result.diagnosis.verdict in {
+        "good_fit",
+        "underfitting",
+        "overfitting",
+    }
+
+
+def test_training_lowers_the_loss_of_the_physics_oracle(tiny):
+    config = TrainingConfig(epochs=4, batch_size=3, checkpoint_frames=5)
+    # start from a wrong conductivity: training must move towards the data's
+    spec = CandidateSpec(
+        reaction="ap",
+        diffusion="laplacian_nodewise",
+        diffusion_hyperparameters={"conductivity": 0.4},
+    )
+    result = fit(spec, tiny, config)
+    assert result.status == "ok"
+    assert result.val_losses[-1] < 0.7 * result.val_losses[0]
+
+
+def test_a_diverging_candidate_is_recorded_unstable_quickly(tiny):
+    spec = CandidateSpec(
+        reaction="ap",
+        diffusion="laplacian_global",
+        diffusion_hyperparameters={"conductivity": 90.0},  # explicit Euler far past its limit
+    )
+    started = time.perf_counter()
+    result = fit(spec, tiny, FAST)
+    assert time.perf_counter() - started < 10
+    assert result.status == "unstable"
+    assert result.failure["epoch"] == 1 and result.failure["step"] >= 1
+    assert result.failure["time_ms"] > 0
+    assert result.best_val_loss is None and result.state_dict is None
+    assert result.diagnosis.verdict == "unstable"
+    assert "epoch 1" in result.diagnosis.text
+
+
+def test_rollout_reports_the_frame_of_a_blow_up(tiny):
+    model = HybridModel.from_spec(
+        CandidateSpec(
+            reaction="ap",
+            diffusion="laplacian_global",
+            diffusion_hyperparameters={"conductivity": 90.0},
+        ),
+        tiny.n_nodes,
+    )
+    graph = MeshGraph.from_mesh(tiny.mesh(), 1)
+    with pytest.raises(SimulationDiverged) as caught, torch.no_grad():
+        model.rollout(torch.from_numpy(tiny.u[:1, 0]), graph, 20, 2.0, 5)
+    assert caught.value.step % 5 == 0 and caught.value.time > 0
+
+
+def test_checkpointing_does_not_change_gradients(tiny):
+    spec = CandidateSpec(reaction="ms", diffusion="gat", seed=0)
+    graph = MeshGraph.from_mesh(tiny.mesh(), 2)
+    u0 = torch.from_numpy(tiny.u[:2, 0])
+    target = torch.from_numpy(tiny.u[:2, 1:])
+    grads = []
+    for chunk in (None, 4):
+        model = HybridModel.from_spec(spec, tiny.n_nodes)
+        predicted = model.rollout(u0, graph, tiny.n_frames - 1, 2.0, 5, checkpoint_frames=chunk)
+        torch.mean((predicted - target) ** 2).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+
+
+def test_physics_rollout_reproduces_the_data_with_the_true_conductivity(tiny):
+    """The hybrid integrator with the true structure tracks the generator's simulation."""
+    spec = CandidateSpec(reaction="ap", diffusion="laplacian_nodewise")
+    model = HybridModel.from_spec(spec, tiny.n_nodes)
+    sigma = torch.tensor(tiny.conductivity, dtype=torch.float32)
+    model.diffusion.raw_conductivity.data = sigma + torch.log(-torch.expm1(-sigma))
+    graph = MeshGraph.from_mesh(tiny.mesh(), tiny.n_samples)
+    with torch.no_grad():
+        predicted = model.rollout(
+            torch.from_numpy(tiny.u[:, 0]), graph, tiny.n_frames - 1, 2.0, 10
+        ).numpy()
+    assert np.mean((predicted - tiny.u[:, 1:]) ** 2) < 2e-3
+    at_true = activation_times(tiny.u, tiny.t)
+    at_pred = activation_times(np.concatenate([tiny.u[:, :1], predicted], 1), tiny.t)
+    both = np.isfinite(at_true) & np.isfinite(at_pred)
+    assert np.abs(at_true - at_pred)[both].mean() < 1.0  # ms
+
+
+def test_evaluate_scores_the_test_split(tiny):
+    spec = CandidateSpec(reaction="ap", diffusion="laplacian_global")
+    result = fit(spec, tiny, FAST)
+    evaluation = evaluate(spec, tiny, result.state_dict, "test", FAST)
+    test = tiny.indices("test")
+    assert evaluation.u_pred.shape == tiny.u[test].shape
+    manual = np.mean((evaluation.u_pred[:, 1:] - tiny.u[test, 1:]) ** 2)
+    assert math.isclose(evaluation.mse, manual, rel_tol=1e-6)
+    assert evaluation.at_true.shape == (len(test), tiny.n_nodes)
+    assert evaluation.activation_error.n_compared > 0
+    assert set(evaluation.summary()) >= {"mse", "at_mae_ms"}
+
+
+def test_neural_reaction_trains(tiny):
+    result = fit(
+        CandidateSpec(reaction="neural", diffusion="laplacian_global"),
+        tiny,
+        TrainingConfig(epochs=1, batch_size=3, checkpoint_frames=5),
+    )
+    assert result.status == "ok" and result.parameter_count > 100
+
+
+@pytest.mark.parametrize(
+    ("train", "val", "verdict"),
+    [
+        ([0.02, 0.01, 0.005], [0.021, 0.011, 0.0052], "good_fit"),
+        ([0.01, 0.005, 0.001], [0.02, 0.02, 0.02], "overfitting"),
+        ([0.08, 0.079, 0.079], [0.08, 0.0795, 0.079], "underfitting"),
+    ],
+)
+def test_diagnosis_names_the_problem(train, val, verdict):
+    diagnosis = diagnose(train, val, "ok", 100, data_variance=0.2)
+    assert diagnosis.verdict == verdict
+    assert f"{diagnosis.parameter_count} parameters" in diagnosis.text
+
+
+def test_baseline_candidates_follow_the_paper():
+    assert [s.diffusion for s in baseline_candidates("physics", "aliev_panfilov")] == [
+        "laplacian_nodewise"
+    ]
+    assert baseline_candidates("hybrid-gat", "ms")[0].diffusion == "gat"
+    assert len(baseline_candidates("diff-only", "ap")) == 10
+    assert {s.reaction for s in baseline_candidates("react-only", "ap")} >= {
+        "aliev_panfilov",
+        "rogers_mcculloch",
+        "mitchell_schaeffer",
+    }
+    assert baseline_candidates("all-neural", "ap")[0].reaction == "neural"
+    assert set(BASELINES) == {"physics", "hybrid-gat", "diff-only", "react-only", "all-neural"}
+    with pytest.raises(ValueError, match="unknown baseline"):
+        baseline_candidates("hdtwingen", "ap")
+
+
+def test_physics_baseline_runs_end_to_end(tiny):
+    result = run_baseline(
+        "physics",
+        tiny,
+        epochs=1,
+        finetune_epochs=1,
+        config=TrainingConfig(batch_size=3, checkpoint_frames=5),
+    )
+    summary = result.summary()
+    assert summary["diffusion"] == "laplacian_nodewise"
+    assert summary["test"]["mse"] < 0.05
+    assert len(summary["screening"]) == 1
