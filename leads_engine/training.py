@@ -43,6 +43,7 @@ class TrainingConfig:
     checkpoint_frames: int | None = 10
     patience: int = 5
     max_abs: float = 10.0
+    compile: bool = True
     device: str | None = None
     seed: int | None = None
 
@@ -241,6 +242,9 @@ def fit(
     started = time.perf_counter()
     seed = spec.seed if config.seed is None else config.seed
     model = HybridModel.from_spec(spec, dataset.n_nodes).to(device)
+    # Compile the integrator step only for catalog code: an edited template is trained inside
+    # the sandbox, which forbids the compiler's subprocesses and cache writes.
+    model.compile_step = config.compile and spec.diffusion_source is None
     if initial_state is not None:
         model.load_state_dict(initial_state)
     graphs = GraphCache(dataset, device)
@@ -375,6 +379,7 @@ def evaluate(
     config = config or TrainingConfig()
     device = config.torch_device()
     model = load_model(spec, dataset, state_dict).to(device).eval()
+    model.compile_step = config.compile and spec.diffusion_source is None
     indices = dataset.indices(split)
     graphs = GraphCache(dataset, device)
     with torch.no_grad():

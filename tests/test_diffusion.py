@@ -175,7 +175,7 @@ def test_catalog_files_and_entries_match():
         assert info.file == f"{info.name}.py"
         assert info.summary and info.equation
         assert info.family in {"physical", "neural"}
-        expected = "every_step" if info.family == "physical" else "every_frame"
+        expected = "every_frame"  # conductances once per frame, the flux at every sub-step
         assert info.evaluation == expected
 
 
@@ -260,7 +260,7 @@ def test_load_diffusion_class_refuses_bad_sources(source, message):
 
 def test_edited_source_overrides_catalog(mesh, graphs):
     edited = template_source("mean_aggregation").replace(
-        "return self.rate * (neighbour_mean - u)", "return 2.0 * self.rate * (neighbour_mean - u)"
+        "per_node = self.rate * graph", "per_node = 2.0 * self.rate * graph"
     )
     assert edited != template_source("mean_aggregation")
     u = _field(mesh, 2)

@@ -24,7 +24,7 @@ from leads_engine.training import (
     fit,
 )
 
-FAST = TrainingConfig(epochs=2, batch_size=2, checkpoint_frames=5)
+FAST = TrainingConfig(epochs=2, batch_size=2, checkpoint_frames=5, compile=False)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_a_different_seed_gives_different_weights(tiny):
 
 def test_fit_reports_curves_progress_and_keeps_the_best_epoch(tiny):
     events: list[TrainingProgress] = []
-    config = TrainingConfig(epochs=3, batch_size=2, checkpoint_frames=5)
+    config = TrainingConfig(epochs=3, batch_size=2, checkpoint_frames=5, compile=False)
     result = fit(
         CandidateSpec(reaction="ap", diffusion="laplacian_global"),
         tiny,
@@ -78,7 +78,7 @@ def test_fit_reports_curves_progress_and_keeps_the_best_epoch(tiny):
 
 
 def test_training_lowers_the_loss_of_the_physics_oracle(tiny):
-    config = TrainingConfig(epochs=4, batch_size=3, checkpoint_frames=5)
+    config = TrainingConfig(epochs=4, batch_size=3, checkpoint_frames=5, compile=False)
     # start from a wrong conductivity: training must move towards the data's
     spec = CandidateSpec(
         reaction="ap",
@@ -171,7 +171,7 @@ def test_neural_reaction_trains(tiny):
     result = fit(
         CandidateSpec(reaction="neural", diffusion="laplacian_global"),
         tiny,
-        TrainingConfig(epochs=1, batch_size=3, checkpoint_frames=5),
+        TrainingConfig(epochs=1, batch_size=3, checkpoint_frames=5, compile=False),
     )
     assert result.status == "ok" and result.parameter_count > 100
 
@@ -213,9 +213,40 @@ def test_physics_baseline_runs_end_to_end(tiny):
         tiny,
         epochs=1,
         finetune_epochs=1,
-        config=TrainingConfig(batch_size=3, checkpoint_frames=5),
+        config=TrainingConfig(batch_size=3, checkpoint_frames=5, compile=False),
     )
     summary = result.summary()
     assert summary["diffusion"] == "laplacian_nodewise"
     assert summary["test"]["mse"] < 0.05
     assert len(summary["screening"]) == 1
+
+
+def test_compiled_and_eager_integrators_agree(tiny):
+    spec = CandidateSpec(reaction="rm", diffusion="gcn", seed=4)
+    eager = fit(spec, tiny, TrainingConfig(epochs=1, batch_size=3, compile=False))
+    compiled = fit(spec, tiny, TrainingConfig(epochs=1, batch_size=3, compile=True))
+    assert compiled.status == eager.status == "ok"
+    np.testing.assert_allclose(compiled.val_losses, eager.val_losses, rtol=1e-4)
+
+
+def test_a_module_without_edge_conductance_is_integrated_through_forward(tiny):
+    """An edited template may drop the flux form: its rate is then used at every sub-step."""
+    from leads_engine.diffusion import template_source
+
+    source = (
+        template_source("laplacian_global")
+        .replace("def edge_conductance(", "def _unused_conductance(")
+        .replace("self.edge_conductance(u, graph)", "self._unused_conductance(u, graph)")
+    )
+    spec = CandidateSpec(reaction="ap", diffusion="laplacian_global", diffusion_source=source)
+    flux = HybridModel.from_spec(
+        CandidateSpec(reaction="ap", diffusion="laplacian_global"), tiny.n_nodes
+    )
+    plain = HybridModel.from_spec(spec, tiny.n_nodes)
+    assert flux.flux_form and not plain.flux_form
+    graph = MeshGraph.from_mesh(tiny.mesh(), 1)
+    u0 = torch.from_numpy(tiny.u[:1, 0])
+    with torch.no_grad():
+        a = flux.rollout(u0, graph, 10, 2.0, 5)
+        b = plain.rollout(u0, graph, 10, 2.0, 5)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -27,5 +27,8 @@ class Diffusion(nn.Module):
     def conductivity(self) -> torch.Tensor:
         return F.softplus(self.raw_conductivity)
 
+    def edge_conductance(self, u: torch.Tensor, graph) -> torch.Tensor:
+        return self.conductivity * graph.edge_weight
+
     def forward(self, u: torch.Tensor, graph) -> torch.Tensor:
-        return graph.flux_divergence(self.conductivity * graph.edge_weight, u)
+        return graph.flux_divergence(self.edge_conductance(u, graph), u)

@@ -28,5 +28,8 @@ class Diffusion(nn.Module):
     def conductivity(self) -> torch.Tensor:
         return F.softplus(self.raw_conductivity)
 
+    def edge_conductance(self, u: torch.Tensor, graph) -> torch.Tensor:
+        return graph.edge_conductance(self.conductivity)
+
     def forward(self, u: torch.Tensor, graph) -> torch.Tensor:
-        return graph.flux_divergence(graph.edge_conductance(self.conductivity), u)
+        return graph.flux_divergence(self.edge_conductance(u, graph), u)
