@@ -25,6 +25,10 @@ from leads_engine.spec import CandidateSpec
 from leads_engine.training import TrainingConfig, TrainingProgress, fit
 
 
+def _format(value: float | None) -> str:
+    return "-" if value is None else f"{value:.5f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ap", help="benchmark set name (ap, rm, ms)")
@@ -84,7 +88,7 @@ def main() -> None:
             f"{result.status:<8} {result.wall_seconds:6.1f} s for {len(epoch_times)} epochs "
             f"({total / max(len(epoch_times), 1):5.1f} s/epoch)  "
             f"{node_steps / max(total, 1e-9):.3g} train node-steps/s  "
-            f"val MSE {result.best_val_loss if result.best_val_loss is None else round(result.best_val_loss, 5)}"
+            f"val MSE {_format(result.best_val_loss)}"
             f"  peak RSS {peak_rss_gb:.2f} GB"
         )
         if device.type == "cuda":

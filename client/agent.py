@@ -1,0 +1,565 @@
+"""The ReAct loop over MCP: observe the archive, think, act (one candidate), train; then
+fine-tune the best candidate and evaluate it on the test split.
+
+Everything goes through the server's tools: the loop never touches the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .connection import ServerConnection, ToolResult
+from .errors import AgentError
+from .policy import Policy, Usage
+from .state import Candidate, Decision, SearchState, ToolCall, rows_to_dicts
+
+__all__ = ["RunConfig", "RunResult", "RunView", "find_true_reaction", "run_search"]
+
+
+@dataclass
+class RunConfig:
+    """What to run (the CLI's options)."""
+
+    dataset: str = "ap"
+    budget: int = 15
+    epochs: int = 3
+    finetune: int = 10
+    seed: int = 0
+    anonymise: bool = True
+    resume: str | None = None
+    max_steps: int | None = None
+    fixed_reaction: str | None = None
+    fixed_diffusion: str | None = None
+    reactions: list[str] | None = None
+    use_true_reaction: bool = False
+    label: str = "discover"
+
+
+@dataclass
+class StepRecord:
+    """One step of the trajectory as the report shows it."""
+
+    step: int
+    thought: str
+    action: list[dict[str, Any]]
+    observation: str
+    candidate_id: str | None = None
+
+
+@dataclass
+class RunResult:
+    """Everything the report and the JSON summary need."""
+
+    session_id: str
+    dataset: dict[str, Any]
+    anonymised: bool
+    steps: list[StepRecord]
+    candidates: list[Candidate]
+    best: Candidate | None
+    finetuned: dict[str, Any] | None
+    evaluation: dict[str, Any] | None
+    catalogs: dict[str, Any]
+    usage: Usage
+    wall_seconds: float
+    completed: bool
+    label: str = "discover"
+    steps_recorded_on_server: bool = True
+    notes: list[str] = field(default_factory=list)
+    best_record: dict[str, Any] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """Machine-readable summary (the ``--json`` output)."""
+        final = self.finetuned or {}
+        evaluation = self.evaluation or {}
+        return {
+            "session_id": self.session_id,
+            "mode": self.label,
+            "completed": self.completed,
+            "anonymised": self.anonymised,
+            "steps": len(self.steps),
+            "candidates": [
+                {
+                    "candidate_id": c.candidate_id,
+                    "step": c.step,
+                    "operation": c.operation,
+                    "reaction": c.reaction,
+                    "diffusion": c.diffusion,
+                    "status": c.status,
+                    "val_loss": c.val_loss,
+                    "parameter_count": c.parameter_count,
+                }
+                for c in self.candidates
+            ],
+            "best": None
+            if self.best is None
+            else {
+                "candidate_id": self.best.candidate_id,
+                "reaction": self.best.reaction,
+                "diffusion": self.best.diffusion,
+                "hyperparameters": self.best.hyperparameters,
+                "val_loss": self.best.val_loss,
+            },
+            "finetuned": None
+            if not final
+            else {
+                "candidate_id": final.get("candidate_id"),
+                "status": final.get("status"),
+                "best_val_loss": final.get("best_val_loss"),
+            },
+            "test": None
+            if not evaluation
+            else {
+                "candidate_id": evaluation.get("candidate_id"),
+                "mse": evaluation.get("mse"),
+                "at_mae_ms": evaluation.get("at_mae_ms", evaluation.get("at_mae")),
+            },
+            "usage": self.usage.as_dict(),
+            "wall_seconds": round(self.wall_seconds, 2),
+            "notes": self.notes,
+        }
+
+
+class RunView(Protocol):
+    """What the loop tells the user (the rich UI, or nothing)."""
+
+    def session(self, session_id: str, info: dict[str, Any]) -> None: ...
+
+    def thought(self, step: int, text: str) -> None: ...
+
+    def candidates(self, rows: list[Candidate]) -> None: ...
+
+    async def progress(self, progress: float, total: float | None, message: str | None) -> None: ...
+
+    def training(self, label: str, total: int) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+_BENCHMARK_REACTIONS = {
+    "ap": "aliev_panfilov",
+    "rm": "rogers_mcculloch",
+    "ms": "mitchell_schaeffer",
+    "fhn": "fitzhugh_nagumo",
+    "fk": "fenton_karma",
+}
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def find_true_reaction(info: Any) -> str | None:
+    """The data set's true reaction from a ``start_session`` answer (``dataset.meta.reaction``
+    or any nested ``reaction`` key)."""
+    if isinstance(info, dict):
+        for key in ("true_reaction", "reaction"):
+            if isinstance(info.get(key), str):
+                return info[key]
+        for key in ("dataset", "meta", "metadata", "summary"):
+            value = info.get(key)
+            if isinstance(value, str):
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError:
+                    continue
+            found = find_true_reaction(value)
+            if found:
+                return found
+    return None
+
+
+class SearchRun:
+    """One session: start or resume, step loop, fine-tuning and evaluation."""
+
+    def __init__(
+        self, conn: ServerConnection, policy: Policy, config: RunConfig, view: RunView
+    ) -> None:
+        self.conn = conn
+        self.policy = policy
+        self.config = config
+        self.view = view
+        self.session_id = ""
+        self.session_info: dict[str, Any] = {}
+        self.catalogs: dict[str, Any] = {}
+        self.steps: list[StepRecord] = []
+        self.aliases: dict[str, str] = {}  # candidate id -> reaction as the session shows it
+        self.notes: list[str] = []
+        self.record_on_server = conn.has_tool("record_step")
+        self.refusals = 0  # steps whose action the server refused (no candidate trained)
+
+    # ------------------------------------------------------------------ archive reading
+
+    async def query(self, sql: str, max_rows: int = 1000) -> list[dict[str, Any]]:
+        """Rows of a read-only archive query (``query_archive``)."""
+        arguments: dict[str, Any] = {"sql": sql, "max_rows": max_rows}
+        if self.session_id:
+            arguments["session_id"] = self.session_id
+        result = await self.conn.call("query_archive", arguments)
+        if not result.ok and "session_id" in arguments:  # a server without the masking argument
+            arguments.pop("session_id")
+            result = await self.conn.call("query_archive", arguments)
+        if not result.ok:
+            raise AgentError(f"query_archive failed: {result.text}")
+        return rows_to_dicts(result.as_dict())
+
+    async def read_candidates(self) -> list[Candidate]:
+        """Every candidate of the session with its per-epoch curves."""
+        sid = _sql_text(self.session_id)
+        rows = await self.query(
+            "SELECT candidate_id, operation, parent_id, reaction, diffusion, spec, code, status, "
+            "train_loss, val_loss, best_epoch, parameter_count, diagnosis FROM candidates "
+            f"WHERE session_id = {sid} ORDER BY created_at, candidate_id"
+        )
+        epochs = await self.query(
+            "SELECT e.candidate_id, e.epoch, e.train_loss, e.val_loss FROM epochs e "
+            f"JOIN candidates c ON e.candidate_id = c.candidate_id WHERE c.session_id = {sid} "
+            "ORDER BY e.candidate_id, e.epoch"
+        )
+        candidates = [Candidate.from_row(row) for row in rows]
+        by_id = {c.candidate_id: c for c in candidates}
+        for row in epochs:
+            candidate = by_id.get(str(row.get("candidate_id")))
+            if candidate is None:
+                continue
+            if row.get("train_loss") is not None:
+                candidate.train_curve.append(float(row["train_loss"]))
+            if row.get("val_loss") is not None:
+                candidate.val_curve.append(float(row["val_loss"]))
+        step = 0
+        for candidate in candidates:
+            if candidate.candidate_id in self.aliases:
+                candidate.reaction = self.aliases[candidate.candidate_id]
+            if candidate.operation != "finetune":
+                step += 1
+                candidate.step = step
+        return candidates
+
+    async def read_steps(self) -> list[StepRecord]:
+        """The session's recorded steps (for a resumed run)."""
+        rows = await self.query(
+            "SELECT step, thought, action, observation FROM steps "
+            f"WHERE session_id = {_sql_text(self.session_id)} AND thought IS NOT NULL "
+            "ORDER BY step"
+        )
+        records = []
+        for number, row in enumerate(rows, start=1):
+            action = row.get("action")
+            if isinstance(action, str):
+                try:
+                    action = json.loads(action)
+                except json.JSONDecodeError:
+                    action = [action]
+            if isinstance(action, dict):
+                action = action.get("calls", [action])
+            records.append(
+                StepRecord(
+                    number, row.get("thought") or "", action or [], row.get("observation") or ""
+                )
+            )
+        return records
+
+    # ------------------------------------------------------------------ session
+
+    async def summary_of(self, session_id: str) -> dict[str, Any]:
+        """A session's configuration and budget: the ``session_summary`` tool or the
+        ``session://{id}/summary`` resource."""
+        if self.conn.has_tool("session_summary"):
+            result = await self.conn.call("session_summary", {"session_id": session_id})
+            if not result.ok:
+                raise AgentError(f"cannot resume session {session_id}: {result.text}")
+            return result.as_dict()
+        try:
+            text = await self.conn.read_resource(f"session://{session_id}/summary")
+            data = json.loads(text)
+        except AgentError:
+            raise
+        except Exception as exc:  # the server's refusal (unknown session) or bad JSON
+            raise AgentError(f"cannot resume session {session_id}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise AgentError(f"cannot resume session {session_id}: unexpected summary {data!r}")
+        return data
+
+    async def open_session(self) -> None:
+        """Start a new session or resume ``config.resume``."""
+        if self.config.resume:
+            self.session_info = await self.summary_of(self.config.resume)
+            self.session_id = str(self.session_info.get("session_id") or self.config.resume)
+            budget = self.session_info.get("budget")
+            if isinstance(budget, int):
+                self.config.budget = budget
+            epochs = self.session_info.get("epochs_per_candidate")
+            if isinstance(epochs, int):
+                self.config.epochs = epochs
+            self.steps = await self.read_steps()
+        else:
+            arguments = {
+                "dataset": self.config.dataset,
+                "budget": self.config.budget,
+                "anonymise": self.config.anonymise,
+                "seed": self.config.seed,
+                "epochs": self.config.epochs,
+            }
+            result = await self.conn.call("start_session", arguments)
+            if not result.ok:
+                raise AgentError(f"start_session failed: {result.text}")
+            self.session_info = result.as_dict()
+            self.session_id = str(self.session_info["session_id"])
+        catalogs = await self.conn.call("list_catalogs", {"session_id": self.session_id})
+        if not catalogs.ok:
+            catalogs = await self.conn.call("list_catalogs", {})
+        self.catalogs = catalogs.as_dict()
+        self.view.session(self.session_id, self.session_info)
+
+    def base_state(self, step: int, candidates: list[Candidate]) -> SearchState:
+        """The policy's view: names, ranges, candidates."""
+        reactions = (
+            self.config.reactions
+            or [str(r.get("name")) for r in self.catalogs.get("reactions", []) if r.get("name")]
+            or [str(r) for r in self.session_info.get("reactions", [])]
+        )
+        templates = self.catalogs.get("diffusion_templates") or self.catalogs.get("templates") or []
+        return SearchState(
+            session_id=self.session_id,
+            reactions=reactions,
+            templates=[str(t.get("name")) for t in templates],
+            budget=self.config.budget,
+            step=step,
+            candidates=candidates,
+            template_families={str(t.get("name")): str(t.get("family")) for t in templates},
+            hyperparameter_ranges={
+                str(t.get("name")): dict(t.get("hyperparameters") or {}) for t in templates
+            },
+            fixed_reaction=self.config.fixed_reaction,
+            fixed_diffusion=self.config.fixed_diffusion,
+        )
+
+    def steps_done(self, candidates: list[Candidate]) -> int:
+        """Steps already spent: the server's count when it gives one, else the archive's."""
+        counted = sum(1 for c in candidates if c.operation != "finetune" and c.status != "refused")
+        return counted + self.refusals
+
+    # ------------------------------------------------------------------ steps
+
+    async def execute(self, calls: list[ToolCall]) -> str | None:
+        """Run the decision's pending calls; the first refusal's message, if any."""
+        for call in calls:
+            if call.ok is None:
+                result = await self.conn.call(call.name, call.arguments)
+                call.ok = result.ok
+                call.result = result.for_model(800)
+                if not result.ok:
+                    return f"{call.name} was refused: {result.text or result.data}"
+        return None
+
+    async def train(self, label: str, name: str, arguments: dict[str, Any]) -> ToolResult:
+        """Train (search step or fine-tuning) with the progress bar."""
+        self.view.training(label, int(arguments.get("epochs") or self.config.epochs))
+        return await self.conn.call(name, arguments, progress=self.view.progress)
+
+    @staticmethod
+    def describe_training(result: ToolResult) -> str:
+        """The observation an agent reads after training."""
+        if not result.ok:
+            return f"training failed: {result.text or result.data}"
+        data = result.as_dict()
+        curves = ", ".join(
+            f"{t:.3g}/{v:.3g}" if t is not None and v is not None else "nan"
+            for t, v in zip(
+                data.get("train_losses") or [], data.get("val_losses") or [], strict=False
+            )
+        )
+        return (
+            f"candidate {data.get('candidate_id')} ({data.get('reaction')} + "
+            f"{data.get('diffusion')}): status {data.get('status')}, best val loss "
+            f"{data.get('best_val_loss')}, train/val per epoch [{curves}], "
+            f"{data.get('parameter_count')} parameters; diagnosis: {data.get('diagnosis')}"
+            f"{'; error: ' + str(data['error']) if data.get('error') else ''}; "
+            f"budget left {data.get('budget_left')}"
+        )
+
+    async def record(self, record: StepRecord) -> None:
+        """Store the step (thought, action, observation) in the archive."""
+        self.steps.append(record)
+        if not self.record_on_server:
+            return
+        result = await self.conn.call(
+            "record_step",
+            {
+                "session_id": self.session_id,
+                "thought": record.thought,
+                "action": {"calls": record.action, "candidate_id": record.candidate_id},
+                "observation": record.observation,
+            },
+        )
+        if not result.ok:
+            self.notes.append(f"record_step refused step {record.step}: {result.text}")
+
+    async def step(self, number: int) -> bool:
+        """One Observe-Think-Act step; False when the policy stops the search."""
+        candidates = await self.read_candidates()
+        self.view.candidates(candidates)
+        state = self.base_state(number, candidates)
+        decision: Decision = await self.policy.next_action(state, self.conn)
+        self.view.thought(number, decision.thought)
+        if decision.stop:
+            self.notes.append(f"step {number}: the policy stopped the search")
+            return False
+        refusal = await self.execute(decision.calls)
+        candidate_id = None
+        if refusal:
+            observation = f"{refusal}; no candidate was trained this step"
+            self.refusals += 1
+        else:
+            result = await self.train(
+                f"step {number}",
+                "train_candidate",
+                {"session_id": self.session_id, "epochs": self.config.epochs},
+            )
+            observation = self.describe_training(result)
+            data = result.as_dict()
+            candidate_id = data.get("candidate_id")
+            if candidate_id and data.get("reaction"):
+                self.aliases[str(candidate_id)] = str(data["reaction"])
+        record = StepRecord(
+            number,
+            decision.thought,
+            [c.as_action() for c in decision.calls],
+            observation,
+            candidate_id,
+        )
+        await self.record(record)
+        self.policy.record_outcome(state, decision, observation)
+        self.view.message(f"step {number}: {observation}")
+        return True
+
+    # ------------------------------------------------------------------ end game
+
+    async def finish(
+        self, candidates: list[Candidate]
+    ) -> tuple[Candidate | None, dict[str, Any] | None, dict[str, Any] | None]:
+        """Fine-tune the best candidate and evaluate the result on the test split."""
+        state = self.base_state(self.config.budget, candidates)
+        best = state.best()
+        if best is None:
+            self.notes.append("no candidate trained successfully: nothing to fine-tune")
+            return None, None, None
+        final_id = best.candidate_id
+        finetuned: dict[str, Any] | None = None
+        if self.config.finetune > 0:
+            result = await self.train(
+                "fine-tuning",
+                "finetune_candidate",
+                {
+                    "session_id": self.session_id,
+                    "candidate_id": best.candidate_id,
+                    "epochs": self.config.finetune,
+                },
+            )
+            if result.ok:
+                finetuned = result.as_dict()
+                loss = finetuned.get("best_val_loss")
+                if finetuned.get("status") == "ok" and loss is not None and math.isfinite(loss):
+                    final_id = str(finetuned.get("candidate_id") or final_id)
+                else:
+                    self.notes.append("fine-tuning did not finish cleanly; evaluating the parent")
+            else:
+                self.notes.append(f"fine-tuning refused: {result.text}")
+        evaluation = await self.conn.call(
+            "evaluate_candidate",
+            {"session_id": self.session_id, "candidate_id": final_id, "split": "test"},
+        )
+        if not evaluation.ok:
+            self.notes.append(f"evaluation refused: {evaluation.text}")
+            return best, finetuned, None
+        data = evaluation.as_dict()
+        data.setdefault("candidate_id", final_id)
+        return best, finetuned, data
+
+
+async def run_search(
+    conn: ServerConnection, policy: Policy, config: RunConfig, view: RunView
+) -> RunResult:
+    """Run (or resume) a search session to its end, or to ``config.max_steps`` new steps."""
+    started = time.perf_counter()
+    run = SearchRun(conn, policy, config, view)
+    await run.open_session()
+    if config.use_true_reaction:
+        true = find_true_reaction(run.session_info)
+        known = run.base_state(1, []).reactions
+        true = _BENCHMARK_REACTIONS.get(true or "", true)
+        if not true or true not in known:
+            raise AgentError(
+                f"the data set does not name its true reaction (found {true!r}); the physics, "
+                "hybrid-gat and diff-only baselines need it"
+            )
+        config.fixed_reaction = true
+        config.reactions = [true]
+    candidates = await run.read_candidates()
+    done = run.steps_done(candidates)
+    if done and config.resume:
+        view.message(f"resuming {run.session_id}: {done} of {config.budget} steps done")
+    new_steps = 0
+    stopped = False
+    for number in range(done + 1, config.budget + 1):
+        if config.max_steps is not None and new_steps >= config.max_steps:
+            break
+        if not await run.step(number):
+            stopped = True
+            break
+        new_steps += 1
+    candidates = await run.read_candidates()
+    view.candidates(candidates)
+    completed = stopped or run.steps_done(candidates) >= config.budget
+    best = finetuned = evaluation = None
+    best_record = None
+    if completed:
+        best, finetuned, evaluation = await run.finish(candidates)
+        candidates = await run.read_candidates()
+        view.candidates(candidates)
+        if best is not None and conn.has_tool("get_candidate"):
+            final_id = (finetuned or {}).get("candidate_id") or best.candidate_id
+            record = await conn.call("get_candidate", {"candidate_id": final_id})
+            best_record = record.as_dict() if record.ok else None
+    if not run.record_on_server:
+        run.notes.append(
+            "the server has no record_step tool: thoughts and actions are kept in the report only"
+        )
+    return RunResult(
+        session_id=run.session_id,
+        dataset=_dataset_info(run.session_info.get("dataset")),
+        anonymised=bool(run.session_info.get("anonymised", config.anonymise)),
+        steps=run.steps,
+        candidates=[c for c in candidates],
+        best=best,
+        finetuned=finetuned,
+        evaluation=evaluation,
+        catalogs=run.catalogs,
+        usage=policy.usage,
+        wall_seconds=time.perf_counter() - started,
+        completed=completed,
+        label=config.label,
+        steps_recorded_on_server=run.record_on_server,
+        notes=run.notes,
+        best_record=best_record,
+    )
+
+
+def _dataset_info(value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return dict(value)
+    return {"name": value} if value else {}
+
+
+def report_folder(base: str | None, session_id: str) -> Path:
+    """``--report DIR`` or ``$LEADS_HOME/reports/<session_id>``."""
+    if base:
+        return Path(base)
+    import os
+
+    home = Path(os.environ.get("LEADS_HOME") or Path.home() / ".leads")
+    return home / "reports" / session_id

@@ -1,0 +1,269 @@
+"""Typed inputs and structured outputs of the LEADS tools (pydantic; no MCP imports).
+
+The annotated aliases (``SessionId``, ``CandidateId``, ...) are the tool parameters: the MCP
+layer builds each tool's input schema from them, with their ranges and descriptions. The
+output models are what the tools return; the SDK publishes their JSON schema as the tool's
+``outputSchema`` and sends the dumped model as ``structuredContent``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# ---------------------------------------------------------------------------- inputs
+
+SessionId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        description="session id returned by start_session (s-<12 hex>)",
+    ),
+]
+CandidateId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        description="candidate id returned by train_candidate or finetune_candidate (c-<12 hex>)",
+    ),
+]
+HyperparameterValue = int | float | str
+Hyperparameters = Annotated[
+    dict[str, HyperparameterValue],
+    Field(
+        description="diffusion hyper-parameters by name (see list_catalogs for types and ranges); "
+        "missing ones take the catalog default (select) or the parent's value (refine, simplify)"
+    ),
+]
+TemplateName = Annotated[
+    str,
+    Field(min_length=1, max_length=64, description="diffusion template name from list_catalogs"),
+]
+ReactionName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        description="reaction model as listed by list_catalogs for this session (reaction_A, ... "
+        "when anonymised), or 'neural' for the learned MLP reaction",
+    ),
+]
+ReactionHyperparameters = Annotated[
+    dict[str, int],
+    Field(description="only for reaction='neural': hidden (4-256), layers (1-4), n_recovery (1-3)"),
+]
+DiffusionSource = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=50_000,
+        description="complete Python source of the edited template: it must define "
+        "`class Diffusion(nn.Module)` with `__init__(self, num_nodes, **hyperparameters)` and "
+        "`forward(u, graph)` (or edge_conductance) like the catalog file; imports limited to "
+        "torch, torch_geometric and math",
+    ),
+]
+Epochs = Annotated[int, Field(ge=1, le=100, description="training epochs")]
+Split = Literal["train", "val", "test"]
+SqlQuery = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=20_000,
+        description="one read-only DuckDB SELECT over the tables sessions, candidates, epochs, "
+        "steps, evaluations (e.g. SELECT candidate_id, diffusion, val_loss FROM candidates "
+        "ORDER BY val_loss)",
+    ),
+]
+MaxRows = Annotated[int, Field(ge=1, le=1000, description="at most this many rows are returned")]
+
+
+# ---------------------------------------------------------------------------- outputs
+
+
+class _Output(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ParameterInfo(_Output):
+    """One reaction parameter: its default and admissible interval."""
+
+    default: float
+    low: float
+    high: float
+    log_scale: bool
+    description: str
+
+
+class ReactionEntry(_Output):
+    """A reaction model of the catalog, under the name this session shows."""
+
+    name: str = Field(description="name to pass to select_reaction")
+    description: str = Field(description="equations (and, when not anonymised, the source)")
+    state_names: list[str] = Field(description="recovery variables besides u")
+    parameters: dict[str, ParameterInfo] = Field(description="learnable physical parameters")
+    hyperparameters: dict[str, str] = Field(
+        default_factory=dict, description="structural options (neural only)"
+    )
+
+
+class DiffusionEntry(_Output):
+    """A diffusion template of the catalog."""
+
+    name: str
+    family: str = Field(description="physical or neural")
+    summary: str
+    equation: str
+    hyperparameters: dict[str, dict[str, Any]] = Field(
+        description="type, default, min/max or choices, description of each hyper-parameter"
+    )
+    source_uri: str = Field(description="resource with the template's Python source")
+
+
+class CatalogsResult(_Output):
+    """The action space: reaction models and diffusion templates."""
+
+    session_id: str | None
+    anonymised: bool
+    reactions: list[ReactionEntry]
+    diffusion_templates: list[DiffusionEntry]
+    operations: dict[str, str] = Field(description="what each search tool does")
+
+
+class SessionStarted(_Output):
+    """A new discovery session."""
+
+    session_id: str
+    dataset: dict[str, Any] = Field(description="data set summary (splits, frames, nodes)")
+    dataset_generated: bool = Field(description="whether the benchmark set was generated now")
+    budget: int
+    budget_left: int
+    epochs_per_candidate: int
+    seed: int
+    anonymised: bool
+    reactions: list[str] = Field(description="reaction names as this session shows them")
+    next_step: str
+
+
+class DraftView(_Output):
+    """The candidate being assembled; train_candidate trains it."""
+
+    reaction: str | None = Field(description="selected reaction (None: the parent's at training)")
+    reaction_hyperparameters: dict[str, int]
+    diffusion: str | None
+    diffusion_hyperparameters: dict[str, HyperparameterValue]
+    edited_source: bool = Field(description="whether the diffusion code is an edited template")
+    parent_id: str | None
+    operation: str
+    parameter_count: int | None = Field(
+        description="trainable parameters of the draft when it is fully known, else None"
+    )
+
+
+class DraftResult(_Output):
+    """Outcome of a select/refine/modify/simplify action."""
+
+    session_id: str
+    draft: DraftView
+    budget_left: int
+    message: str
+
+
+class TrainingResult(_Output):
+    """One trained candidate (search step or fine-tuning)."""
+
+    candidate_id: str
+    session_id: str
+    status: Literal["ok", "unstable", "failed", "cancelled"]
+    operation: str
+    parent_id: str | None
+    reaction: str
+    diffusion: str
+    train_losses: list[float | None]
+    val_losses: list[float | None]
+    best_val_loss: float | None
+    best_epoch: int | None
+    diagnosis: str
+    verdict: str
+    parameter_count: int | None
+    wall_seconds: float
+    reaction_parameters: dict[str, float | None] = Field(default_factory=dict)
+    failure: dict[str, Any] | None = None
+    error: str | None = None
+    budget_left: int
+    steps_used: int
+
+
+class QueryResult(_Output):
+    """Rows of a read-only archive query."""
+
+    columns: list[str]
+    rows: list[list[Any]]
+    row_count: int
+    truncated: bool = Field(description="whether more rows existed than max_rows")
+
+
+class CandidateRecord(BaseModel):
+    """An archived candidate with its epochs and evaluations (no weights)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    candidate_id: str
+    session_id: str
+    created_at: str
+    status: str
+    operation: str
+    parent_id: str | None
+    reaction: str | None
+    diffusion: str | None
+    spec: dict[str, Any] | None
+    code: str | None
+    code_hash: str | None = None
+    train_loss: float | None
+    val_loss: float | None
+    best_epoch: int | None
+    parameter_count: int | None
+    wall_seconds: float | None
+    metrics: dict[str, Any] | None
+    diagnosis: str | None
+    error: str | None
+    has_weights: bool
+    epochs: list[dict[str, Any]]
+    evaluations: list[dict[str, Any]]
+
+
+class EvaluationResult(_Output):
+    """Scores of a trained candidate on one split, and where its figures are."""
+
+    candidate_id: str
+    split: str
+    mse: float
+    at_mae_ms: float | None
+    per_sample_mse: list[float]
+    at_compared: int
+    at_missing_pred: int
+    at_missing_true: int
+    activation_map_uri: str
+    training_curves_uri: str
+    files: list[str]
+
+
+class SessionSummary(_Output):
+    """A session's configuration, budget and candidates (the session:// resource)."""
+
+    session_id: str
+    dataset: str
+    dataset_path: str | None
+    status: str
+    budget: int
+    steps_used: int
+    budget_left: int
+    epochs_per_candidate: int
+    seed: int
+    anonymised: bool
+    draft: DraftView | None
+    best_candidate_id: str | None
+    candidates: list[dict[str, Any]]

@@ -1,0 +1,24 @@
+# hostile: delete a canary file via torch.os
+# expect-static: forbidden-attribute
+# expect-dynamic: os.remove
+# ruff: noqa
+"""Hostile corpus entry: delete a canary file via torch.os."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Diffusion(nn.Module):
+    """FE diffusion with one conductivity (laplacian_global) plus the attack."""
+
+    def __init__(self, num_nodes: int, conductivity: float = 1.0) -> None:
+        super().__init__()
+        self.num_nodes = num_nodes
+        self.raw_conductivity = nn.Parameter(torch.tensor(math.log(math.expm1(conductivity))))
+
+    def forward(self, u: torch.Tensor, graph) -> torch.Tensor:
+        torch.os.remove("/tmp/leads_canary_dir/canary.txt")
+        return graph.flux_divergence(F.softplus(self.raw_conductivity) * graph.edge_weight, u)

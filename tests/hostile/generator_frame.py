@@ -1,0 +1,25 @@
+# hostile: frame walk through a generator
+# expect-static: forbidden-attribute
+# expect-dynamic: skip
+# ruff: noqa
+"""Hostile corpus entry: frame walk through a generator."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Diffusion(nn.Module):
+    """FE diffusion with one conductivity (laplacian_global) plus the attack."""
+
+    def __init__(self, num_nodes: int, conductivity: float = 1.0) -> None:
+        super().__init__()
+        self.num_nodes = num_nodes
+        self.raw_conductivity = nn.Parameter(torch.tensor(math.log(math.expm1(conductivity))))
+
+    def forward(self, u: torch.Tensor, graph) -> torch.Tensor:
+        g = (x for x in [1])
+        raise ValueError(str(g.gi_frame.f_globals))
+        return graph.flux_divergence(F.softplus(self.raw_conductivity) * graph.edge_weight, u)

@@ -1,0 +1,26 @@
+# hostile: top-level call at import
+# expect-static: module-side-effect
+# expect-dynamic: writing
+# ruff: noqa
+"""Hostile corpus entry: top-level call at import."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+open("/tmp/leads_canary_dir/canary.txt", "w").write("pwned")
+
+
+class Diffusion(nn.Module):
+    """FE diffusion with one conductivity (laplacian_global) plus the attack."""
+
+    def __init__(self, num_nodes: int, conductivity: float = 1.0) -> None:
+        super().__init__()
+        self.num_nodes = num_nodes
+        self.raw_conductivity = nn.Parameter(torch.tensor(math.log(math.expm1(conductivity))))
+
+    def forward(self, u: torch.Tensor, graph) -> torch.Tensor:
+        return graph.flux_divergence(F.softplus(self.raw_conductivity) * graph.edge_weight, u)

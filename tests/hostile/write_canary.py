@@ -1,0 +1,24 @@
+# hostile: overwrite a canary file
+# expect-static: forbidden-call
+# expect-dynamic: writing
+# ruff: noqa
+"""Hostile corpus entry: overwrite a canary file."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Diffusion(nn.Module):
+    """FE diffusion with one conductivity (laplacian_global) plus the attack."""
+
+    def __init__(self, num_nodes: int, conductivity: float = 1.0) -> None:
+        super().__init__()
+        self.num_nodes = num_nodes
+        self.raw_conductivity = nn.Parameter(torch.tensor(math.log(math.expm1(conductivity))))
+
+    def forward(self, u: torch.Tensor, graph) -> torch.Tensor:
+        open("/tmp/leads_canary_dir/canary.txt", "w").write("pwned")
+        return graph.flux_divergence(F.softplus(self.raw_conductivity) * graph.edge_weight, u)
