@@ -35,6 +35,7 @@ from .models import (
     SessionStarted,
     Split,
     SqlQuery,
+    StepRecorded,
     TemplateName,
     TrainingResult,
 )
@@ -293,6 +294,29 @@ def build_server(
     )
     async def training_curves(candidate_id: str) -> bytes:
         return await _resource(_async(service.figure, candidate_id, FIGURES[1]))
+
+    @server.tool(annotations=APPEND)
+    async def record_step(
+        session_id: SessionId,
+        thought: Annotated[str, Field(max_length=20_000, description="the reasoning trace")],
+        action: Annotated[
+            dict[str, Any], Field(description="the action taken, e.g. tool names and arguments")
+        ],
+        observation: Annotated[
+            str, Field(max_length=20_000, description="what the agent observed after acting")
+        ] = "",
+    ) -> StepRecorded:
+        """Store one agent step (thought, action, observation) in the archive's steps table."""
+        return await _tool(service.record_step(session_id, thought, action, observation))
+
+    @server.resource(
+        "candidate://{candidate_id}/weights.pt",
+        name="candidate_weights",
+        description="the trained state dict (torch.save; load with weights_only=True)",
+        mime_type="application/octet-stream",
+    )
+    async def candidate_weights(candidate_id: str) -> bytes:
+        return await _resource(_async(service.weights, candidate_id))
 
     @server.resource(
         "session://{session_id}/summary",

@@ -267,3 +267,10 @@ class SessionSummary(_Output):
     draft: DraftView | None
     best_candidate_id: str | None
     candidates: list[dict[str, Any]]
+
+
+class StepRecorded(_Output):
+    """An agent step stored in the archive's ``steps`` table."""
+
+    session_id: str
+    step: int = Field(description="the step's number within the session")

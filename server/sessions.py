@@ -59,6 +59,7 @@ from .models import (
     ReactionEntry,
     SessionStarted,
     SessionSummary,
+    StepRecorded,
     TrainingResult,
 )
 
@@ -590,6 +591,27 @@ class DiscoveryService:
 
     def _record_step(self, session: DiscoverySession, action: dict[str, Any], text: str) -> None:
         self.archive.record_step(session.session_id, None, action, session.aliases.mask(text))
+
+    async def record_step(
+        self, session_id: str, thought: str, action: Mapping[str, Any], observation: str
+    ) -> StepRecorded:
+        """Store an agent's reasoning step (thought, action, observation) in the archive."""
+        session = await self.session(session_id)
+        step = self.archive.record_step(
+            session.session_id,
+            session.aliases.mask(thought),
+            {"source": "agent", **dict(action)},
+            session.aliases.mask(observation),
+        )
+        return StepRecorded(session_id=session.session_id, step=step)
+
+    def weights(self, candidate_id: str) -> bytes:
+        """The trained state dict (``torch.save`` bytes) of a candidate."""
+        self._candidate(candidate_id)
+        data = self.archive.get_weights(candidate_id)
+        if data is None:
+            raise DiscoveryError(f"{candidate_id} has no weights (not trained successfully)")
+        return data
 
     async def select_reaction(
         self, session_id: str, reaction: str, hyperparameters: Mapping[str, int] | None = None

@@ -3,6 +3,8 @@ anonymisation, resources, cancellation and resuming a session after a restart.""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import Any
 
 import anyio
 import pytest
+import torch
 from leads_server import sessions
 from leads_server.app import LeadsServer, build_server
 from leads_server.jobs import sandbox_available
@@ -34,6 +37,7 @@ TOOLS = {
     "get_candidate",
     "finetune_candidate",
     "evaluate_candidate",
+    "record_step",
 }
 REAL_NAMES = ("aliev", "panfilov", "rogers", "mcculloch", "mitchell", "schaeffer", "fenton")
 
@@ -127,6 +131,7 @@ async def test_tools_publish_schemas_and_honest_annotations(client: Client) -> N
         "candidate://{candidate_id}/activation_map.png",
         "candidate://{candidate_id}/training_curves.png",
         "session://{session_id}/summary",
+        "candidate://{candidate_id}/weights.pt",
     }
 
 
@@ -209,6 +214,30 @@ async def test_scripted_session_physics_and_gat(client: Client, home: Path) -> N
     summary = await client.read_resource(f"session://{session_id}/summary")
     summary = json.loads(summary.contents[0].text)
     assert summary["steps_used"] == 2 and len(summary["candidates"]) == 3
+
+    # the weights come back loadable (weights_only) and the agent's steps go to the archive
+    blob = await client.read_resource(f"candidate://{gat['candidate_id']}/weights.pt")
+    state = torch.load(
+        io.BytesIO(
+            blob.contents[0].blob
+            if isinstance(blob.contents[0].blob, bytes)
+            else base64.b64decode(blob.contents[0].blob)
+        ),
+        weights_only=True,
+    )
+    assert any(key.startswith("diffusion.") for key in state)
+    step = await call(
+        client,
+        "record_step",
+        session_id=session_id,
+        thought="physics first, then GAT",
+        action={"tool": "train_candidate"},
+        observation="both trained",
+    )
+    rows = await call(
+        client, "query_archive", sql=f"SELECT thought FROM steps WHERE step = {step['step']}"
+    )
+    assert rows["rows"] == [["physics first, then GAT"]]
 
 
 async def test_refine_and_simplify(client: Client) -> None:
