@@ -22,7 +22,6 @@ FE stiffness exactly.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,20 +29,12 @@ import scipy.sparse as sp
 import torch
 
 from .mesh import Mesh
+from .simulator import to_torch_csr
 
 
 def _block_diagonal_csr(matrix: sp.spmatrix, batch_size: int, dtype, device) -> torch.Tensor:
-    block = sp.block_diag([matrix] * batch_size, format="csr")
-    block.sort_indices()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant)")
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(block.indptr.astype(np.int64)),
-            torch.from_numpy(block.indices.astype(np.int64)),
-            torch.from_numpy(block.data).to(dtype),
-            size=block.shape,
-            device=device,
-        )
+    """``batch_size`` copies of ``matrix`` on the diagonal, as a torch sparse CSR tensor."""
+    return to_torch_csr(sp.block_diag([matrix] * batch_size), dtype, device)
 
 
 def conductance_map(mesh: Mesh) -> sp.csr_matrix:

@@ -613,6 +613,29 @@ class DiscoveryService:
             raise DiscoveryError(f"{candidate_id} has no weights (not trained successfully)")
         return data
 
+    def _draft_diffusion(
+        self,
+        session: DiscoverySession,
+        action: dict[str, Any],
+        note: str,
+        *,
+        diffusion: str,
+        hyperparameters: dict[str, Any],
+        source: str | None,
+        parent_id: str | None,
+        operation: str,
+    ) -> None:
+        """Set the draft's diffusion part and archive the action as a step."""
+        session.draft = replace(
+            session.draft,
+            diffusion=diffusion,
+            diffusion_hyperparameters=hyperparameters,
+            diffusion_source=source,
+            parent_id=parent_id,
+            operation=operation,
+        )
+        self._record_step(session, action, note)
+
     async def select_reaction(
         self, session_id: str, reaction: str, hyperparameters: Mapping[str, int] | None = None
     ) -> DraftResult:
@@ -658,18 +681,15 @@ class DiscoveryService:
         """Set the draft's diffusion to a catalog template (operation ``select``)."""
         session = await self.session(session_id)
         resolved = self._resolve_diffusion(template, hyperparameters)
-        session.draft = replace(
-            session.draft,
-            diffusion=template,
-            diffusion_hyperparameters=resolved,
-            diffusion_source=None,
-            parent_id=None,
-            operation="select",
-        )
-        self._record_step(
+        self._draft_diffusion(
             session,
             {"tool": "select_diffusion", "template": template, "hyperparameters": resolved},
             f"draft diffusion {template} {resolved}",
+            diffusion=template,
+            hyperparameters=resolved,
+            source=None,
+            parent_id=None,
+            operation="select",
         )
         return await self._draft_result(
             session,
@@ -701,18 +721,15 @@ class DiscoveryService:
                 f"refine_diffusion changes nothing: {candidate_id} already has {resolved}; "
                 "pass a different value"
             )
-        session.draft = replace(
-            session.draft,
-            diffusion=spec.diffusion,
-            diffusion_hyperparameters=resolved,
-            diffusion_source=spec.diffusion_source,
-            parent_id=candidate_id,
-            operation="refine",
-        )
-        self._record_step(
+        self._draft_diffusion(
             session,
             {"tool": "refine_diffusion", "candidate_id": candidate_id, "hyperparameters": resolved},
             f"draft refines {candidate_id}: {spec.diffusion} {resolved}",
+            diffusion=spec.diffusion,
+            hyperparameters=resolved,
+            source=spec.diffusion_source,
+            parent_id=candidate_id,
+            operation="refine",
         )
         return await self._draft_result(
             session, f"refined {spec.diffusion} of {candidate_id}; call train_candidate"
@@ -776,18 +793,15 @@ class DiscoveryService:
                 f"the edited code was refused (archived as {refused_id}, no budget used): "
                 f"{report.message}\nFix the code and call modify_diffusion again."
             )
-        session.draft = replace(
-            session.draft,
-            diffusion=base,
-            diffusion_hyperparameters=hp,
-            diffusion_source=source,
-            parent_id=candidate_id,
-            operation="modify",
-        )
-        self._record_step(
+        self._draft_diffusion(
             session,
             {"tool": "modify_diffusion", "candidate_id": candidate_id, "template": template},
             f"draft modifies {candidate_id or template}: accepted",
+            diffusion=base,
+            hyperparameters=hp,
+            source=source,
+            parent_id=candidate_id,
+            operation="modify",
         )
         return await self._draft_result(
             session, "the edited code passed the sandbox checks; call train_candidate"
@@ -842,15 +856,7 @@ class DiscoveryService:
                 f"the parent {candidate_id} has {parent_count}; choose a template or "
                 "hyper-parameters with fewer parameters"
             )
-        session.draft = replace(
-            session.draft,
-            diffusion=base,
-            diffusion_hyperparameters=resolved,
-            diffusion_source=source,
-            parent_id=candidate_id,
-            operation="simplify",
-        )
-        self._record_step(
+        self._draft_diffusion(
             session,
             {
                 "tool": "simplify_diffusion",
@@ -859,6 +865,11 @@ class DiscoveryService:
                 "hyperparameters": resolved,
             },
             f"draft simplifies {candidate_id}: {count} < {parent_count} parameters",
+            diffusion=base,
+            hyperparameters=resolved,
+            source=source,
+            parent_id=candidate_id,
+            operation="simplify",
         )
         return DraftResult(
             session_id=session.session_id,
