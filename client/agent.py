@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from .connection import ServerConnection, ToolResult
 from .errors import AgentError
 from .policy import Policy, Usage
-from .state import Candidate, Decision, SearchState, ToolCall, rows_to_dicts
+from .state import NOT_TRAINED, Candidate, Decision, SearchState, ToolCall, rows_to_dicts
 
 __all__ = ["RunConfig", "RunResult", "RunView", "find_true_reaction", "run_search"]
 
@@ -412,7 +412,7 @@ class SearchRun:
         refusal = await self.execute(decision.calls)
         candidate_id = None
         if refusal:
-            observation = f"{refusal}; no candidate was trained this step"
+            observation = f"{refusal}; {NOT_TRAINED}"
             self.refusals += 1
         else:
             result = await self.train(

@@ -39,7 +39,7 @@ from typing import Any
 
 from .edits import EDITS, EditError, apply_edit
 from .policy import ToolEnv, Usage
-from .state import Candidate, Decision, SearchState, ToolCall
+from .state import NOT_TRAINED, Candidate, Decision, SearchState, ToolCall
 
 __all__ = ["OfflinePolicy", "Plan", "detect_edits", "plan_step"]
 
@@ -80,6 +80,15 @@ class Plan:
     def key(self, edits: list[str]) -> str:
         """Structure identity used to avoid repeats."""
         return _key(self.reaction, self.template, self.hyperparameters, edits)
+
+    def identity(self) -> str:
+        """The action itself (operation, parent, edit included): a refused one is not retried."""
+        parent = self.parent.candidate_id if self.parent else None
+        return json.dumps(
+            [self.reaction, self.operation, self.template, self.hyperparameters, parent, self.edit],
+            sort_keys=True,
+            default=str,
+        )
 
 
 def _key(reaction: str, template: str, hyper: dict[str, Any], edits: list[str]) -> str:
@@ -156,15 +165,18 @@ def shrink(state: SearchState, candidate: Candidate, conductivity: bool = False)
 class _Planner:
     """The rules of the module docstring over one :class:`SearchState`."""
 
-    def __init__(self, state: SearchState) -> None:
+    def __init__(self, state: SearchState, refused: frozenset[str] = frozenset()) -> None:
         self.state = state
         self.trained = state.trained()
+        # refused code edits are in the archive too: do not propose them again
+        archived = self.trained + [c for c in state.candidates if c.status == "refused"]
         self.seen = {
-            _key(c.reaction, c.diffusion, dict(c.hyperparameters), c_edits(c)) for c in self.trained
+            _key(c.reaction, c.diffusion, dict(c.hyperparameters), c_edits(c)) for c in archived
         }
+        self.refused = refused
 
     def new(self, plan: Plan, edits: list[str]) -> bool:
-        return plan.key(edits) not in self.seen
+        return plan.key(edits) not in self.seen and plan.identity() not in self.refused
 
     # ------------------------------------------------------------------ screening
 
@@ -456,9 +468,13 @@ def c_edits(candidate: Candidate) -> list[str]:
     return detect_edits(candidate.code)
 
 
-def plan_step(state: SearchState) -> Plan | None:
-    """The rules' decision for this state (``None``: nothing sensible is left to try)."""
-    return _Planner(state).plan()
+def plan_step(state: SearchState, refused: frozenset[str] = frozenset()) -> Plan | None:
+    """The rules' decision for this state (``None``: nothing sensible is left to try).
+
+    ``refused`` holds the :meth:`Plan.identity` of actions the server refused earlier in the
+    run; they are not proposed again.
+    """
+    return _Planner(state, refused).plan()
 
 
 class OfflinePolicy:
@@ -468,6 +484,8 @@ class OfflinePolicy:
 
     def __init__(self) -> None:
         self.usage = Usage(model="offline")
+        self.refused: set[str] = set()  # actions the server refused during this run
+        self._last_plan: Plan | None = None
 
     async def _source_for(self, plan: Plan, env: ToolEnv) -> str:
         parent = plan.parent
@@ -482,7 +500,8 @@ class OfflinePolicy:
 
     async def next_action(self, state: SearchState, env: ToolEnv) -> Decision:
         """Plan with the rules; materialise a code edit from the template's source."""
-        plan = plan_step(state)
+        plan = plan_step(state, frozenset(self.refused))
+        self._last_plan = plan
         if plan is None:
             return Decision(
                 "Nothing new is left to try within the rules; stop the search.", stop=True
@@ -508,13 +527,12 @@ class OfflinePolicy:
                 source = apply_edit(plan.edit, base)
             except EditError as exc:
                 return Decision(f"{plan.thought} The edit does not apply ({exc}); stop.", stop=True)
-            args |= {
-                "candidate_id": plan.parent.candidate_id,
-                "template": plan.template,
-                "source": source,
-            }
+            # the edit applies to the parent candidate's code (its template is implied)
+            args |= {"candidate_id": plan.parent.candidate_id, "source": source}
             calls.append(ToolCall("modify_diffusion", args))
         return Decision(thought=plan.thought, calls=calls)
 
     def record_outcome(self, state: SearchState, decision: Decision, observation: str) -> None:
-        """The rules re-read the archive each step; nothing to remember."""
+        """The rules re-read the archive each step; only refused actions are remembered."""
+        if self._last_plan is not None and NOT_TRAINED in observation:
+            self.refused.add(self._last_plan.identity())

@@ -235,3 +235,7 @@ class Decision:
     thought: str
     calls: list[ToolCall] = field(default_factory=list)
     stop: bool = False
+
+
+#: How the loop reports a step whose action the server refused (policies key on it).
+NOT_TRAINED = "no candidate was trained this step"

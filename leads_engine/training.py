@@ -37,7 +37,7 @@ class TrainingConfig:
     epochs: int = 3
     batch_size: int = 10
     learning_rate: float = 1e-2
-    physical_learning_rate: float = 5e-2
+    physical_learning_rate: float = 2e-2
     grad_clip: float = 1.0
     steps_per_frame: int = 5
     checkpoint_frames: int | None = 10

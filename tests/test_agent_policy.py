@@ -9,7 +9,7 @@ import pytest
 from leads_agent.connection import ToolResult
 from leads_agent.edits import EDITS, EditError, applicable_edits, apply_edit
 from leads_agent.offline import OfflinePolicy, detect_edits, plan_step
-from leads_agent.state import Candidate, SearchState, parse_verdict
+from leads_agent.state import NOT_TRAINED, Candidate, SearchState, parse_verdict
 
 from leads_engine.diffusion import list_templates, load_diffusion_class, template_source
 
@@ -276,8 +276,35 @@ def test_modify_decision_sends_the_edited_template_source():
     modify = decision.calls[1].arguments
     assert env.reads == ["catalog://diffusion/gcn"]
     assert modify["candidate_id"] == "c-12" and "mix_logit" in modify["source"]
+    assert "template" not in modify  # the server takes a candidate or a template, not both
     load_diffusion_class(modify["source"])(50)
     assert decision.thought
+
+
+def test_a_refused_action_is_not_proposed_again():
+    best = cand(
+        12,
+        "reaction_B",
+        "gcn",
+        0.005,
+        verdict="overfitting",
+        train=0.001,
+        hyper={"hidden": 16, "layers": 2},
+    )
+    policy = OfflinePolicy()
+    env = FakeEnv()
+    search = state(explored(best))
+    first = asyncio.run(policy.next_action(search, env))
+    policy.record_outcome(search, first, f"modify_diffusion was refused: boom; {NOT_TRAINED}")
+    second = asyncio.run(policy.next_action(search, env))
+    assert [c.name for c in second.calls] != [c.name for c in first.calls] or (
+        second.calls[1].arguments != first.calls[1].arguments
+    )
+    # an action that trained is not blocked by record_outcome
+    policy = OfflinePolicy()
+    again = asyncio.run(policy.next_action(search, env))
+    policy.record_outcome(search, again, "candidate c-13 trained")
+    assert policy.refused == set()
 
 
 NEURAL = [t.name for t in list_templates() if t.family == "neural"]

