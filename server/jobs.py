@@ -15,7 +15,6 @@ cancellation or server shutdown), so an abandoned fit never keeps a core busy.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import io
 import json
@@ -131,10 +130,8 @@ def _run_job(job: Job, conn: multiprocessing.connection.Connection, workdir: Pat
         n_nodes = dataset.n_nodes if dataset is not None else 1
         return {"parameter_count": HybridModel.from_spec(spec, n_nodes).parameter_count()}
     assert dataset is not None
-    options: dict[str, Any] = {"epochs": job.epochs, "batch_size": job.batch_size, "device": "cpu"}
-    if "compile" in {f.name for f in dataclasses.fields(TrainingConfig)}:
-        options["compile"] = job.compile
-    config = TrainingConfig(**options)
+    # no device given: CUDA when the worker sees a GPU, else the CPU
+    config = TrainingConfig(epochs=job.epochs, batch_size=job.batch_size, compile=job.compile)
     if job.kind == "evaluate":
         result = evaluate(spec, dataset, initial_state, split=job.split, config=config)
         sample = min(job.sample, len(result.at_true) - 1)
