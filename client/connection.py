@@ -5,19 +5,21 @@ streamable HTTP (optional bearer token). Everything the agent learns or does goe
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx2
 import mcp_types as types
 from mcp import Client
-from mcp.client.stdio import StdioServerParameters
+from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
@@ -178,27 +180,52 @@ async def connect(
     """Open a connection: ``server`` (an in-process server object or any MCP ``Transport``,
     used by tests), else ``server_url`` over streamable HTTP, else the bundled server over
     stdio."""
-    if server is not None:
-        target: Any = server
-    elif server_url:
-        headers = {"Authorization": f"Bearer {token}"} if token else None
-        target = streamable_http_client(server_url, http_client=create_mcp_http_client(headers))
-    else:
-        target = server_command(archive)
+    log = server_log_path() if server is None and not server_url else None
     where = server_url or "the bundled leads-server (stdio)"
+    with contextlib.ExitStack() as files:
+        if server is not None:
+            target: Any = server
+        elif server_url:
+            headers = {"Authorization": f"Bearer {token}"} if token else None
+            target = streamable_http_client(server_url, http_client=create_mcp_http_client(headers))
+        else:  # the bundled server; its log goes to a file, not over the live display
+            log.parent.mkdir(parents=True, exist_ok=True)
+            errlog = files.enter_context(open(log, "a", encoding="utf-8"))  # noqa: SIM115
+            target = stdio_client(server_command(archive), errlog=errlog)
+            where += f" (its log: {log})"
+        try:
+            client = Client(target)
+            async with client:
+                connection = ServerConnection(client)
+                await connection.load_tools()
+                yield connection
+        except Exception as exc:  # anyio task groups wrap transport failures in exception groups
+            inner = _first_leaf(exc)
+            if isinstance(inner, AgentError):
+                raise inner from None
+            if isinstance(inner, _TRANSPORT_ERRORS):
+                detail = _last_log_line(log) if log else ""
+                raise AgentError(
+                    f"the MCP connection to {where} failed: {inner}"
+                    + (f"; {detail}" if detail else "")
+                ) from inner
+            raise
+
+
+def server_log_path() -> Path:
+    """Where the bundled server's stderr goes: ``$LEADS_HOME/logs/leads-server.log``."""
+    home = Path(os.environ.get("LEADS_HOME", Path.home() / ".leads")).expanduser()
+    return home / "logs" / "leads-server.log"
+
+
+def _last_log_line(path: Path) -> str:
+    """The server's last error line (e.g. why it could not start), if it wrote one."""
     try:
-        client = Client(target)
-        async with client:
-            connection = ServerConnection(client)
-            await connection.load_tools()
-            yield connection
-    except Exception as exc:  # anyio task groups wrap transport failures in exception groups
-        inner = _first_leaf(exc)
-        if isinstance(inner, AgentError):
-            raise inner from None
-        if isinstance(inner, _TRANSPORT_ERRORS):
-            raise AgentError(f"the MCP connection to {where} failed: {inner}") from inner
-        raise
+        lines = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    errors = [line for line in lines[-20:] if line.startswith("leads-server:")]
+    return errors[-1] if errors else ""
 
 
 def _first_leaf(exc: BaseException) -> BaseException:
