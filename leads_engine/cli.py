@@ -1,6 +1,9 @@
 """``leads-data``: generate, list and inspect LEADS data sets.
 
 leads-data generate --reaction ap rm ms     # the paper's three benchmark sets
+leads-data make-egm --reaction ap           # synthetic electrogram stand-in (egm_ap)
+leads-data import --mesh heart.vtk --signals s.npy --times t.npy --electrodes pos.npy \
+    --name utah_like                        # a real recording (see leads_engine.recordings)
 leads-data list
 leads-data show ap --plot out/              # summary, validation, AT map and traces
 """
@@ -24,6 +27,7 @@ from .generator import BenchmarkConfig, generate_benchmark
 from .mesh import MeshError, load_mesh
 from .metrics import activation_summary, activation_times
 from .reactions import ALIASES, resolve_reaction_name
+from .recordings import RecordingError, import_recording, make_egm_standin, standin_config
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,6 +75,65 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--noise", type=float, default=0.0, help="std of Gaussian observation noise")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--force", action="store_true", help="overwrite an existing data set")
+
+    egm = commands.add_parser(
+        "make-egm", help="synthetic electrogram recording (stand-in for real data)"
+    )
+    egm.add_argument("--reaction", default="ap", help="ground-truth reaction (default ap)")
+    egm.add_argument("--name", help="data set name (default egm_<alias>)")
+    egm.add_argument("--out", type=Path, help="folder to write to (default $LEADS_HOME/datasets)")
+    egm.add_argument("--mesh", type=Path, help="a user mesh file instead of the bundled one")
+    egm.add_argument("--samples", type=int, default=20, help="pacing sites (default 20)")
+    egm.add_argument(
+        "--split", type=int, nargs=3, metavar=("TRAIN", "VAL", "TEST"), help="default 12 3 5"
+    )
+    egm.add_argument("--duration", type=float, default=500.0, help="ms (default 500)")
+    egm.add_argument("--frame-interval", type=float, default=2.0, help="ms (default 2)")
+    egm.add_argument("--electrodes", type=int, default=64, help="electrode count (default 64)")
+    egm.add_argument(
+        "--noise", type=float, default=0.02, help="noise std / signal std (default 0.02)"
+    )
+    egm.add_argument(
+        "--wander", type=float, default=0.1, help="baseline wander / signal std (default 0.1)"
+    )
+    egm.add_argument("--keep-tmp", action="store_true", help="also store the true TMP as u")
+    egm.add_argument("--seed", type=int, default=0)
+    egm.add_argument("--force", action="store_true", help="overwrite an existing data set")
+
+    imp = commands.add_parser(
+        "import", help="validate a recording (mesh, signals, lead field) and store it"
+    )
+    imp.add_argument("--mesh", type=Path, required=True, help="mesh file (any meshio format)")
+    imp.add_argument(
+        "--signals", type=Path, required=True, help=".npy [samples, frames, electrodes]"
+    )
+    imp.add_argument("--times", type=Path, required=True, help=".npy [frames], ms, uniform")
+    how = imp.add_mutually_exclusive_group(required=True)
+    how.add_argument("--lead-field", type=Path, help=".npy H [electrodes, nodes]")
+    how.add_argument(
+        "--electrodes", type=Path, help=".npy positions [electrodes, 3] mm (infinite-medium H)"
+    )
+    how.add_argument(
+        "--contact-nodes", type=Path, help=".npy [electrodes] node indices (TMP observed there)"
+    )
+    imp.add_argument("--pacing-sites", type=Path, help=".npy [samples] node indices")
+    imp.add_argument(
+        "--activation-times", type=Path, help=".npy ms, [samples, nodes] or [samples, electrodes]"
+    )
+    imp.add_argument("--split", type=int, nargs=3, metavar=("TRAIN", "VAL", "TEST"))
+    imp.add_argument(
+        "--normalisation",
+        choices=("standardise", "none"),
+        default="standardise",
+        help="per-electrode loss normalisation (default standardise, train-split statistics)",
+    )
+    imp.add_argument(
+        "--pacing-radius", type=float, default=6.0, help="initial stimulus radius mm (default 6)"
+    )
+    imp.add_argument("--name", required=True, help="data set name")
+    imp.add_argument("--out", type=Path, help="folder to write to (default $LEADS_HOME/datasets)")
+    imp.add_argument("--seed", type=int, default=0, help="seed of the split assignment")
+    imp.add_argument("--force", action="store_true", help="overwrite an existing data set")
 
     commands.add_parser("list", help="list the data sets under $LEADS_HOME/datasets")
 
@@ -135,6 +198,86 @@ def _generate(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _target(folder: Path | None, name: str, force: bool, console: Console) -> Path | None:
+    """Where to write ``name``; ``None`` (with a note) when it exists and ``force`` is off."""
+    path = (folder or datasets_dir()) / f"{name}.npz"
+    if path.exists() and not force:
+        console.print(f"[yellow]{path} exists[/]; keeping it (use --force to regenerate)")
+        return None
+    return path
+
+
+def _dataset_activation_times(dataset) -> np.ndarray | None:
+    """AT maps of the TMP, or the measured ones of a recording (``None`` if neither)."""
+    if dataset.u is not None:
+        return activation_times(dataset.u, dataset.t)
+    measured = dataset.extras.get("measured_activation_times")
+    if measured is not None and measured.shape[1] == dataset.n_nodes:
+        return measured
+    return None
+
+
+def _make_egm(args: argparse.Namespace, console: Console) -> int:
+    alias = args.reaction
+    name = args.name or f"egm_{alias.lower()}"
+    path = _target(args.out, name, args.force, console)
+    if path is None:
+        return 0
+    split = {"split_sizes": tuple(args.split)} if args.split else {}  # default 12/3/5 for 20
+    config = standin_config(
+        alias,
+        n_samples=args.samples,
+        duration_ms=args.duration,
+        frame_interval_ms=args.frame_interval,
+        seed=args.seed,
+        n_electrodes=args.electrodes,
+        noise_ratio=args.noise,
+        wander_ratio=args.wander,
+        keep_tmp=args.keep_tmp,
+        **split,
+    )
+    started = time.perf_counter()
+    dataset = make_egm_standin(config, load_mesh(args.mesh) if args.mesh else None, name=name)
+    dataset.save(path)
+    console.print(f"wrote {path} in {time.perf_counter() - started:.1f} s")
+    _print_summary(console, _recording_summary(dataset))
+    return 0
+
+
+def _recording_summary(dataset) -> dict:
+    summary = dataset.summary()
+    if dataset.is_recording:
+        summary["electrodes"] = int(dataset.extras["signals"].shape[2])
+        summary["observation"] = (dataset.meta.get("observation") or {}).get("kind", "lead_field")
+    at = _dataset_activation_times(dataset)
+    return {**summary, **activation_summary(at)} if at is not None else summary
+
+
+def _import(args: argparse.Namespace, console: Console) -> int:
+    path = _target(args.out, args.name, args.force, console)
+    if path is None:
+        return 0
+    dataset = import_recording(
+        args.mesh,
+        args.signals,
+        args.times,
+        lead_field=args.lead_field,
+        electrodes=args.electrodes,
+        contact_nodes=args.contact_nodes,
+        pacing_sites=args.pacing_sites,
+        activation_times_ms=args.activation_times,
+        split=tuple(args.split) if args.split else None,
+        name=args.name,
+        normalisation=args.normalisation,
+        pacing_radius_mm=args.pacing_radius,
+        seed=args.seed,
+    )
+    dataset.save(path)
+    console.print(f"wrote {path}")
+    _print_summary(console, _recording_summary(dataset))
+    return 0
+
+
 def _print_summary(console: Console, summary: dict) -> None:
     table = Table(show_header=False, box=None, padding=(0, 2))
     for key, value in summary.items():
@@ -172,13 +315,15 @@ def _list(console: Console) -> int:
 
 def _show(args: argparse.Namespace, console: Console) -> int:
     dataset = load_dataset(resolve_dataset_path(args.dataset))
-    at = activation_times(dataset.u, dataset.t)
-    summary = {**dataset.summary(), **activation_summary(at)}
+    at = _dataset_activation_times(dataset)
+    summary = _recording_summary(dataset)
     if args.json:
         console.print_json(json.dumps(summary))
     else:
         _print_summary(console, summary)
-    if args.plot:
+    if args.plot and (at is None or dataset.u is None):
+        console.print("[yellow]no TMP in this recording[/]: nothing to plot")
+    elif args.plot:
         from .plots import plot_activation_map, plot_traces
 
         if not 0 <= args.sample < dataset.n_samples:
@@ -211,10 +356,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return _generate(args, console)
+        if args.command == "make-egm":
+            return _make_egm(args, console)
+        if args.command == "import":
+            return _import(args, console)
         if args.command == "list":
             return _list(console)
         return _show(args, console)
-    except (DatasetError, MeshError, ValueError) as exc:
+    except (DatasetError, MeshError, RecordingError, ValueError) as exc:
         Console(stderr=True).print(f"[red]error:[/] {exc}")
         return 2
 

@@ -16,8 +16,23 @@ key                 shape / type               meaning
 ``meta``            str (JSON)                 generator version, reaction, parameters, seed, units
 ==================  =========================  ==================================================
 
-Recordings (see the recordings issue) add ``H [electrodes, nodes]`` and
-``signals [samples, frames, electrodes]``; they are carried through untouched.
+Recordings (measured or simulated electrograms, see :mod:`leads_engine.recordings`) add
+
+=============================  ===================================  ===============================
+key                            shape / type                         meaning
+=============================  ===================================  ===============================
+``H``                          ``[electrodes, nodes]``              observation matrix, ``y = H u``
+``signals``                    ``[samples, frames, electrodes]``    recorded signals, finite
+``measured_activation_times``  ``[samples, nodes or electrodes]``   measured ATs (ms), NaN = none
+``electrode_positions``        ``[electrodes, 3]``                  electrode coordinates (mm)
+=============================  ===================================  ===============================
+
+and ``meta["observation"] = {"kind": "lead_field" | "contact_nodes" | "tmp",
+"normalisation": "none" | "standardise"}`` (see :mod:`leads_engine.observation`). Per-electrode
+activation times are compared at each electrode's nearest mesh node. A recording (a file with
+``signals``) may leave out ``u``, the TMP nobody measured, and ``conductivity``, which nobody
+knows: the trainer then starts each sample from its pacing site (``u = 1`` within
+``meta["pacing"]["radius_mm"]``, default 6 mm, of graph distance, as the generator does).
 :func:`load_dataset` validates every field and refuses a corrupted or inconsistent file with
 a :class:`DatasetError` that names the field.
 """
@@ -39,7 +54,13 @@ from .mesh import Mesh, MeshError
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 REQUIRED_KEYS = ("points", "cells", "u", "t", "pacing_site", "split", "conductivity", "meta")
-OPTIONAL_KEYS = ("H", "signals", "measured_activation_times")
+OPTIONAL_KEYS = ("H", "signals", "measured_activation_times", "electrode_positions")
+#: Keys a recording (a file with ``signals``) may leave out.
+RECORDING_OPTIONAL_KEYS = ("u", "conductivity")
+OBSERVATION_KINDS = ("tmp", "lead_field", "contact_nodes")
+NORMALISATIONS = ("none", "standardise")
+#: Radius (mm, graph distance) of the initial stimulus when the meta does not give one.
+DEFAULT_PACING_RADIUS_MM = 6.0
 #: TMP is normalised to 0..1; models with an undershoot may dip a little below rest.
 TMP_RANGE = (-0.5, 1.5)
 
@@ -63,13 +84,14 @@ class EPDataset:
 
     points: np.ndarray
     cells: np.ndarray
-    u: np.ndarray
+    u: np.ndarray | None
     t: np.ndarray
     pacing_site: np.ndarray
     split: np.ndarray
-    conductivity: np.ndarray
+    conductivity: np.ndarray | None
     meta: dict[str, Any]
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    _initial_tmp: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -80,15 +102,42 @@ class EPDataset:
 
     @property
     def n_samples(self) -> int:
-        return int(self.u.shape[0])
+        return int(self.pacing_site.shape[0])
 
     @property
     def n_frames(self) -> int:
-        return int(self.u.shape[1])
+        return int(self.t.shape[0])
 
     @property
     def n_nodes(self) -> int:
-        return int(self.u.shape[2])
+        return int(self.points.shape[0])
+
+    @property
+    def is_recording(self) -> bool:
+        """Whether the data set carries recorded ``signals`` (electrograms or contact maps)."""
+        return "signals" in self.extras
+
+    @property
+    def pacing_radius_mm(self) -> float:
+        return float(self.meta.get("pacing", {}).get("radius_mm", DEFAULT_PACING_RADIUS_MM))
+
+    def initial_tmp(self, indices: np.ndarray | None = None) -> np.ndarray:
+        """TMP of the first frame ``[len(indices), nodes]`` (float32) that a rollout starts from.
+
+        ``u[:, 0]`` when the data set has TMP; otherwise the generator's initial stimulus,
+        ``u_n = 1`` where the graph distance from the sample's pacing site is at most
+        :attr:`pacing_radius_mm`, else 0 (computed once and kept on the instance).
+        """
+        selected = slice(None) if indices is None else indices
+        if self.u is not None:
+            return self.u[selected, 0]
+        if self._initial_tmp is None:
+            from .simulator import Pacing
+
+            pacing = Pacing(self.pacing_site.tolist(), radius=self.pacing_radius_mm)
+            region = pacing.region(self.mesh().graph_distances(self.pacing_site))
+            self._initial_tmp = region.T.astype(np.float32)
+        return self._initial_tmp[selected]
 
     def mesh(self) -> Mesh:
         return Mesh(self.points, self.cells, name=str(self.meta.get("mesh", "mesh")))
@@ -111,7 +160,9 @@ class EPDataset:
             "frame_interval_ms": float(np.diff(self.t).mean()) if self.n_frames > 1 else 0.0,
             "nodes": self.n_nodes,
             "cells": int(self.cells.shape[0]),
-            "conductivity_range": [float(self.conductivity.min()), float(self.conductivity.max())],
+            "conductivity_range": None
+            if self.conductivity is None
+            else [float(self.conductivity.min()), float(self.conductivity.max())],
             "noise_std": self.meta.get("noise_std", 0.0),
             "seed": self.meta.get("seed"),
         }
@@ -133,6 +184,7 @@ class EPDataset:
             "meta": np.array(json.dumps({**self.meta, "format_version": FORMAT_VERSION})),
             **self.extras,
         }
+        arrays = {key: value for key, value in arrays.items() if value is not None}
         partial = path.with_name(path.name + ".partial")
         with open(partial, "wb") as handle:
             np.savez_compressed(handle, **arrays)
@@ -154,25 +206,21 @@ def validate(ds: EPDataset) -> None:
     ds.points, ds.cells = mesh.points, mesh.cells
     nodes = mesh.n_nodes
 
-    ds.u = np.asarray(ds.u)
-    _require(ds.u.ndim == 3, f"u: expected [samples, frames, nodes], got shape {ds.u.shape}")
-    samples, frames, u_nodes = ds.u.shape
-    _require(u_nodes == nodes, f"u: has {u_nodes} nodes but the mesh has {nodes}")
-    _require(samples > 0 and frames > 1, f"u: needs samples >= 1 and frames >= 2, got {ds.u.shape}")
-    ds.u = ds.u.astype(np.float32, copy=False)
-    bad = ~np.isfinite(ds.u)
-    if bad.any():
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise DatasetError(
-            f"u: {int(bad.sum())} NaN/Inf values (first at [sample, frame, node] {first})"
+    if ds.u is None:
+        _require("signals" in ds.extras, "u: missing; only a recording (with signals) may omit it")
+        signals = np.asarray(ds.extras["signals"])
+        _require(
+            signals.ndim == 3,
+            f"signals: expected [samples, frames, electrodes], got shape {signals.shape}",
         )
-    low, high = TMP_RANGE
-    _require(
-        float(ds.u.min()) >= low and float(ds.u.max()) <= high,
-        f"u: values in [{ds.u.min():.3g}, {ds.u.max():.3g}] lie outside the normalised TMP "
-        f"range [{low}, {high}]; normalise the TMP to 0..1",
-    )
-
+        samples, frames = signals.shape[:2]
+        _require(
+            samples > 0 and frames > 1,
+            f"signals: needs samples >= 1 and frames >= 2, got {signals.shape}",
+        )
+    else:
+        _validate_tmp(ds, nodes)
+        samples, frames = ds.u.shape[:2]
     ds.t = np.asarray(ds.t, dtype=np.float64)
     _require(ds.t.shape == (frames,), f"t: expected [{frames}] frame times, got {ds.t.shape}")
     _require(bool(np.isfinite(ds.t).all()), "t: contains NaN/Inf")
@@ -197,25 +245,168 @@ def validate(ds: EPDataset) -> None:
     _require(not unknown, f"split: unknown labels {unknown}; allowed {SPLITS}")
     _require((ds.split == "train").any(), "split: no training sample")
 
-    ds.conductivity = np.asarray(ds.conductivity, dtype=np.float64)
-    _require(
-        ds.conductivity.shape == (nodes,),
-        f"conductivity: expected [{nodes}], got {ds.conductivity.shape}",
-    )
-    _require(
-        bool(np.isfinite(ds.conductivity).all() and (ds.conductivity > 0).all()),
-        "conductivity: must be finite and positive at every node",
-    )
+    if ds.conductivity is None:
+        _require(
+            "signals" in ds.extras,
+            "conductivity: missing; only a recording (with signals) may omit it",
+        )
+    else:
+        ds.conductivity = np.asarray(ds.conductivity, dtype=np.float64)
+        _require(
+            ds.conductivity.shape == (nodes,),
+            f"conductivity: expected [{nodes}], got {ds.conductivity.shape}",
+        )
+        _require(
+            bool(np.isfinite(ds.conductivity).all() and (ds.conductivity > 0).all()),
+            "conductivity: must be finite and positive at every node",
+        )
     _require(isinstance(ds.meta, dict), "meta: must be a JSON object")
+    validate_recording_fields(ds.extras, ds.meta, samples, frames, nodes)
 
-    if "H" in ds.extras:
-        H = np.asarray(ds.extras["H"])
-        _require(H.ndim == 2 and H.shape[1] == nodes, f"H: expected [electrodes, {nodes}]")
-    if "signals" in ds.extras:
-        signals = np.asarray(ds.extras["signals"])
+
+def _validate_tmp(ds: EPDataset, nodes: int) -> None:
+    """Shape, finiteness and range of the TMP ``u``; casts it to float32."""
+    ds.u = np.asarray(ds.u)
+    _require(ds.u.ndim == 3, f"u: expected [samples, frames, nodes], got shape {ds.u.shape}")
+    samples, frames, u_nodes = ds.u.shape
+    _require(u_nodes == nodes, f"u: has {u_nodes} nodes but the mesh has {nodes}")
+    _require(samples > 0 and frames > 1, f"u: needs samples >= 1 and frames >= 2, got {ds.u.shape}")
+    ds.u = ds.u.astype(np.float32, copy=False)
+    bad = ~np.isfinite(ds.u)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise DatasetError(
+            f"u: {int(bad.sum())} NaN/Inf values (first at [sample, frame, node] {first})"
+        )
+    low, high = TMP_RANGE
+    _require(
+        float(ds.u.min()) >= low and float(ds.u.max()) <= high,
+        f"u: values in [{ds.u.min():.3g}, {ds.u.max():.3g}] lie outside the normalised TMP "
+        f"range [{low}, {high}]; normalise the TMP to 0..1",
+    )
+
+
+def nan_runs(values: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Runs of non-finite values along the frame axis of ``[samples, frames, electrodes]``.
+
+    Returns ``(sample, electrode, first_frame, last_frame)`` per run, sample-major.
+    """
+    bad = ~np.isfinite(values)
+    runs: list[tuple[int, int, int, int]] = []
+    for sample, electrode in zip(*np.nonzero(bad.any(axis=1)), strict=True):
+        frames = np.flatnonzero(bad[sample, :, electrode])
+        breaks = np.flatnonzero(np.diff(frames) > 1)
+        starts = np.concatenate([[frames[0]], frames[breaks + 1]])
+        ends = np.concatenate([frames[breaks], [frames[-1]]])
+        runs += [
+            (int(sample), int(electrode), int(a), int(b)) for a, b in zip(starts, ends, strict=True)
+        ]
+    return runs
+
+
+def describe_nan_runs(values: np.ndarray, field_name: str = "signals") -> str | None:
+    """A message naming the first NaN/Inf runs (sample, electrode, frames), or ``None``."""
+    runs = nan_runs(values)
+    if not runs:
+        return None
+    shown = "; ".join(
+        f"sample {s}, electrode {e}, frames {a}-{b}"
+        if b > a
+        else f"sample {s}, electrode {e}, frame {a}"
+        for s, e, a, b in runs[:3]
+    )
+    more = f" and {len(runs) - 3} more run(s)" if len(runs) > 3 else ""
+    return (
+        f"{field_name}: NaN/Inf values ({shown}{more}); fill or drop those recordings, "
+        "gaps are not interpolated"
+    )
+
+
+def validate_recording_fields(
+    extras: dict[str, np.ndarray], meta: dict[str, Any], samples: int, frames: int, nodes: int
+) -> None:
+    """Check ``H``, ``signals``, ``measured_activation_times``, ``electrode_positions`` and
+    ``meta["observation"]`` against each other and the mesh."""
+    electrodes: int | None = None
+    if "H" in extras:
+        H = np.asarray(extras["H"])
+        _require(
+            H.ndim == 2 and H.shape[1] == nodes,
+            f"H: expected [electrodes, {nodes}] (one column per mesh node), got {H.shape}",
+        )
+        _require(bool(np.isfinite(H).all()), "H: contains NaN/Inf")
+        electrodes = H.shape[0]
+    if "signals" in extras:
+        signals = np.asarray(extras["signals"])
         _require(
             signals.ndim == 3 and signals.shape[:2] == (samples, frames),
             f"signals: expected [{samples}, {frames}, electrodes], got {signals.shape}",
+        )
+        message = describe_nan_runs(signals)
+        _require(message is None, message or "")
+        if electrodes is not None:
+            _require(
+                signals.shape[2] == electrodes,
+                f"signals: has {signals.shape[2]} electrodes but H has {electrodes} rows",
+            )
+        electrodes = signals.shape[2]
+    if "electrode_positions" in extras:
+        positions = np.asarray(extras["electrode_positions"])
+        expected = f"[{electrodes if electrodes is not None else 'electrodes'}, 3]"
+        _require(
+            positions.ndim == 2
+            and positions.shape[1] == 3
+            and (electrodes is None or positions.shape[0] == electrodes),
+            f"electrode_positions: expected {expected}, got {positions.shape}",
+        )
+        _require(bool(np.isfinite(positions).all()), "electrode_positions: contains NaN/Inf")
+    if "measured_activation_times" in extras:
+        at = np.asarray(extras["measured_activation_times"])
+        allowed = [nodes] + ([electrodes] if electrodes is not None else [])
+        _require(
+            at.ndim == 2 and at.shape[0] == samples and at.shape[1] in allowed,
+            f"measured_activation_times: expected [{samples}, {nodes}] (nodes)"
+            + (f" or [{samples}, {electrodes}] (electrodes)" if electrodes is not None else "")
+            + f", got {at.shape}",
+        )
+        _require(
+            not np.isinf(at).any(),
+            "measured_activation_times: Inf values; use NaN for not measured",
+        )
+        if at.shape[1] != nodes:
+            _require(
+                "electrode_positions" in extras
+                or isinstance(meta.get("observation"), dict)
+                and meta["observation"].get("kind") == "contact_nodes",
+                "measured_activation_times: per-electrode times need electrode_positions "
+                "(or contact_nodes) to place them on the mesh",
+            )
+    observation = meta.get("observation")
+    if observation is None:
+        return
+    _require(isinstance(observation, dict), "meta.observation: must be a JSON object")
+    kind = observation.get("kind", "lead_field")
+    _require(
+        kind in OBSERVATION_KINDS,
+        f"meta.observation.kind: {kind!r} is not one of {OBSERVATION_KINDS}",
+    )
+    normalisation = observation.get("normalisation", "none")
+    _require(
+        normalisation in NORMALISATIONS,
+        f"meta.observation.normalisation: {normalisation!r} is not one of {NORMALISATIONS}",
+    )
+    if kind != "tmp":
+        _require(
+            "H" in extras and "signals" in extras,
+            f"meta.observation.kind {kind!r} needs both H and signals in the file",
+        )
+    if kind == "contact_nodes":
+        H = np.asarray(extras["H"])
+        one_hot = np.all((H == 0) | (H == 1), axis=1) & (np.count_nonzero(H, axis=1) == 1)
+        _require(
+            bool(one_hot.all()),
+            f"H: contact_nodes needs a single 1 per row (a node selection); rows "
+            f"{np.flatnonzero(~one_hot)[:5].tolist()} are not",
         )
 
 
@@ -242,7 +433,10 @@ def load_dataset(name_or_path: str | Path) -> EPDataset:
             contents = {key: archive[key] for key in archive.files}
     except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError) as exc:
         raise DatasetError(f"{path}: not a readable .npz data set ({exc})") from exc
-    missing = [key for key in REQUIRED_KEYS if key not in contents]
+    required = REQUIRED_KEYS
+    if "signals" in contents:
+        required = tuple(key for key in REQUIRED_KEYS if key not in RECORDING_OPTIONAL_KEYS)
+    missing = [key for key in required if key not in contents]
     if missing:
         raise DatasetError(f"{path}: missing field(s) {missing}; required {list(REQUIRED_KEYS)}")
     try:
@@ -254,11 +448,11 @@ def load_dataset(name_or_path: str | Path) -> EPDataset:
         return EPDataset(
             points=contents["points"],
             cells=contents["cells"],
-            u=contents["u"],
+            u=contents.get("u"),
             t=contents["t"],
             pacing_site=contents["pacing_site"],
             split=contents["split"],
-            conductivity=contents["conductivity"],
+            conductivity=contents.get("conductivity"),
             meta=meta,
             extras=extras,
         )

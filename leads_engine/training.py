@@ -1,11 +1,13 @@
 """Training and evaluation of one candidate: ``fit(spec, dataset)`` and ``evaluate``.
 
-The loss is the mean squared error of the observed quantity over the predicted frames
-(identity observation = TMP; an observation operator such as a lead field plugs in through
-:class:`Observation`). Adam with gradient-norm clipping, per-epoch train and validation loss,
-the best epoch's weights kept, early stopping on the validation loss, and a readable
-diagnosis. A candidate whose integration blows up is returned with ``status="unstable"`` and
-the epoch and step of the failure; it never raises to the caller.
+The loss is the mean squared error of the observed quantity over the predicted frames: the
+data set names its observation operator (:func:`~leads_engine.observation.observation_for`:
+TMP itself, a lead field ``H u`` or the TMP at contact nodes, optionally standardised per
+electrode). A recording without TMP starts each rollout from its pacing sites
+(:meth:`EPDataset.initial_tmp`). Adam with gradient-norm clipping, per-epoch train and
+validation loss, the best epoch's weights kept, early stopping on the validation loss, and a
+readable diagnosis. A candidate whose integration blows up is returned with
+``status="unstable"`` and the epoch and step of the failure; it never raises to the caller.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ from .dataset import EPDataset
 from .graph import MeshGraph
 from .hybrid import HybridModel
 from .metrics import ActivationError, activation_times, at_mae
+from .observation import (
+    ObservationOperator,
+    electrode_correlation,
+    electrode_nodes,
+    observation_for,
+)
 from .simulator import SimulationDiverged
 from .spec import CandidateSpec
 
@@ -67,18 +75,6 @@ class TrainingProgress:
 
 
 ProgressCallback = Callable[[TrainingProgress], None]
-
-
-class Observation:
-    """Identity observation: the loss compares TMP on every node."""
-
-    name = "tmp"
-
-    def __call__(self, u: torch.Tensor) -> torch.Tensor:
-        return u
-
-    def targets(self, dataset: EPDataset, indices: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(dataset.u[indices, 1:])
 
 
 @dataclass
@@ -159,7 +155,7 @@ def predict(
 ) -> torch.Tensor:
     """Predicted TMP ``[len(indices), frames - 1, N]`` after the first (observed) frame."""
     device = graphs.device
-    u0 = torch.from_numpy(dataset.u[indices, 0]).to(device)
+    u0 = torch.from_numpy(dataset.initial_tmp(indices)).to(device)
     return model.rollout(
         u0,
         graphs(len(indices)),
@@ -233,12 +229,15 @@ def fit(
     config: TrainingConfig | None = None,
     progress: ProgressCallback | None = None,
     initial_state: dict[str, torch.Tensor] | None = None,
-    observation: Observation | None = None,
+    observation: ObservationOperator | None = None,
 ) -> FitResult:
-    """Train the candidate ``spec`` on the data set's train split; select on its val split."""
+    """Train the candidate ``spec`` on the data set's train split; select on its val split.
+
+    ``observation`` defaults to the data set's own operator (:func:`observation_for`).
+    """
     config = config or TrainingConfig()
-    observation = observation or Observation()
     device = config.torch_device()
+    observation = (observation or observation_for(dataset)).to(device)
     started = time.perf_counter()
     seed = spec.seed if config.seed is None else config.seed
     model = HybridModel.from_spec(spec, dataset.n_nodes).to(device)
@@ -275,7 +274,7 @@ def fit(
                 targets = observation.targets(dataset, batch).to(device)
                 optimizer.zero_grad(set_to_none=True)
                 predicted = predict(model, dataset, batch, graphs, config)
-                loss = torch.mean((observation(predicted) - targets) ** 2)
+                loss = torch.mean((observation.observe(predicted) - targets) ** 2)
                 if not torch.isfinite(loss):
                     raise SimulationDiverged("non-finite loss", 0, float(dataset.t[-1]))
                 loss.backward()
@@ -298,7 +297,7 @@ def fit(
             model.eval()
             with torch.no_grad():
                 predicted = predict(model, dataset, val_index, graphs, config)
-                val_loss = float(torch.mean((observation(predicted) - val_targets) ** 2))
+                val_loss = float(torch.mean((observation.observe(predicted) - val_targets) ** 2))
         except SimulationDiverged as exc:
             status = "unstable"
             failure = {"epoch": epoch, "step": exc.step, "time_ms": exc.time, "reason": exc.reason}
@@ -339,7 +338,15 @@ def fit(
 
 @dataclass
 class Evaluation:
-    """Test-split scores of a trained model."""
+    """Scores of a trained model on one split.
+
+    ``mse`` is the loss's quantity: the mean squared error of the (normalised) observation,
+    i.e. of the TMP for the identity observation. ``at_true`` is the measured activation-time
+    map when the data set has one (``at_source="measured"``; per-electrode times are placed at
+    the electrodes' nodes, NaN elsewhere), else the AT of the true TMP (``"tmp"``), else all
+    NaN (``"none"``). ``egm_correlation`` is the Pearson correlation of predicted and recorded
+    signals per electrode, averaged over samples then electrodes (recordings only).
+    """
 
     split: str
     mse: float
@@ -348,15 +355,30 @@ class Evaluation:
     at_true: np.ndarray
     at_pred: np.ndarray
     u_pred: np.ndarray = field(repr=False)
+    observation: str = "tmp"
+    at_source: str = "tmp"
+    per_sample_at_mae: list[float] = field(default_factory=list)
+    egm_correlation: float | None = None
+    egm_correlation_per_electrode: np.ndarray | None = field(default=None, repr=False)
+    tmp_mse: float | None = None
 
     def summary(self) -> dict[str, Any]:
-        return {
+        summary: dict[str, Any] = {
             "split": self.split,
             "mse": self.mse,
             "per_sample_mse": self.per_sample_mse,
             "at_mae_ms": self.activation_error.mae,
             **{f"at_{k}": v for k, v in self.activation_error.as_dict().items() if k != "mae"},
         }
+        if self.observation != "tmp":
+            summary.update(
+                observation=self.observation,
+                at_source=self.at_source,
+                per_sample_at_mae_ms=self.per_sample_at_mae,
+                egm_correlation=self.egm_correlation,
+                tmp_mse=self.tmp_mse,
+            )
+        return summary
 
 
 def load_model(
@@ -368,33 +390,78 @@ def load_model(
     return model
 
 
+def reference_activation_times(
+    dataset: EPDataset, indices: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Reference AT map ``[B, N]``, the nodes to compare on (``None``: all) and its source.
+
+    Measured times win over times computed from the data set's TMP; per-electrode measured
+    times are placed at each electrode's node (:func:`electrode_nodes`), NaN elsewhere.
+    """
+    measured = dataset.extras.get("measured_activation_times")
+    if measured is not None:
+        measured = np.asarray(measured, dtype=np.float64)[indices]
+        if measured.shape[1] == dataset.n_nodes:
+            return measured, None, "measured"
+        nodes = electrode_nodes(dataset)
+        assert nodes is not None  # validated: per-electrode times come with positions
+        at_map = np.full((len(indices), dataset.n_nodes), np.nan)
+        at_map[:, nodes] = measured
+        return at_map, nodes, "measured"
+    if dataset.u is not None:
+        return activation_times(dataset.u[indices], dataset.t), None, "tmp"
+    return np.full((len(indices), dataset.n_nodes), np.nan), None, "none"
+
+
 def evaluate(
     spec: CandidateSpec,
     dataset: EPDataset,
     state_dict: dict[str, torch.Tensor] | None,
     split: str = "test",
     config: TrainingConfig | None = None,
+    observation: ObservationOperator | None = None,
 ) -> Evaluation:
-    """MSE, activation times and AT MAE of a trained candidate on one split."""
+    """Observation MSE, activation times, AT MAE (and EGM correlation) on one split."""
     config = config or TrainingConfig()
     device = config.torch_device()
+    observation = observation or observation_for(dataset)
     model = load_model(spec, dataset, state_dict).to(device).eval()
     model.compile_step = config.compile and spec.diffusion_source is None
     indices = dataset.indices(split)
     graphs = GraphCache(dataset, device)
     with torch.no_grad():
-        predicted = predict(model, dataset, indices, graphs, config).cpu().numpy()
-    u_pred = np.concatenate([dataset.u[indices, :1], predicted], axis=1)
-    u_true = dataset.u[indices]
-    per_sample = ((u_pred[:, 1:] - u_true[:, 1:]) ** 2).mean(axis=(1, 2))
-    at_true = activation_times(u_true, dataset.t)
+        predicted = predict(model, dataset, indices, graphs, config).cpu()
+        squared = (observation.observe(predicted) - observation.targets(dataset, indices)) ** 2
+    per_sample = squared.double().mean(dim=(1, 2)).numpy()
+    u_pred = np.concatenate([dataset.initial_tmp(indices)[:, None], predicted.numpy()], axis=1)
+    at_true, compared_nodes, at_source = reference_activation_times(dataset, indices)
     at_pred = activation_times(u_pred, dataset.t)
+    compared = slice(None) if compared_nodes is None else compared_nodes
+    per_sample_at = [
+        at_mae(at_pred[i, compared], at_true[i, compared]).mae for i in range(len(indices))
+    ]
+    correlation = None
+    if observation.name != "tmp" and hasattr(observation, "raw"):
+        with torch.no_grad():
+            signals_pred = observation.raw(predicted).numpy()
+        correlation = electrode_correlation(
+            signals_pred, np.asarray(dataset.extras["signals"])[indices, 1:]
+        )
+    tmp_mse = None
+    if dataset.u is not None:
+        tmp_mse = float(((u_pred[:, 1:] - dataset.u[indices, 1:]) ** 2).mean())
     return Evaluation(
         split=split,
         mse=float(per_sample.mean()),
         per_sample_mse=[float(x) for x in per_sample],
-        activation_error=at_mae(at_pred, at_true),
+        activation_error=at_mae(at_pred[:, compared], at_true[:, compared]),
         at_true=at_true,
         at_pred=at_pred,
         u_pred=u_pred,
+        observation=observation.name,
+        at_source=at_source,
+        per_sample_at_mae=[float(x) for x in per_sample_at],
+        egm_correlation=None if correlation is None else float(np.nanmean(correlation)),
+        egm_correlation_per_electrode=correlation,
+        tmp_mse=tmp_mse,
     )

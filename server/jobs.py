@@ -15,12 +15,14 @@ cancellation or server shutdown), so an abandoned fit never keeps a core busy.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import json
 import multiprocessing
 import multiprocessing.connection
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -76,7 +78,12 @@ def _trim(text: str, limit: int = 4000) -> str:
     return text if len(text) <= limit else "...\n" + text[-limit:]
 
 
-def _enter_sandbox(workdir: Path) -> None:
+#: CPU seconds an edited candidate may use per training epoch inside the sandbox (a GNN epoch on
+#: the bundled benchmark takes 10-35 s on a 2-core CPU; the margin covers slower machines).
+CPU_SECONDS_PER_EPOCH = 300
+
+
+def _enter_sandbox(workdir: Path, epochs: int) -> None:
     """Prepare everything trusted code needs from the file system, then lock the process down.
 
     The catalog description is read once and cached (the model builder looks templates up by
@@ -88,7 +95,10 @@ def _enter_sandbox(workdir: Path) -> None:
 
     templates = diffusion.list_templates()
     diffusion.list_templates = functools.lru_cache(maxsize=1)(lambda: list(templates))
-    sandbox.enter_sandbox(sandbox.SandboxLimits(), workdir)
+    # training is long, legitimate work: the CPU-time limit grows with the epochs asked for
+    limits = sandbox.SandboxLimits()
+    cpu_seconds = max(limits.cpu_seconds, CPU_SECONDS_PER_EPOCH * max(1, epochs))
+    sandbox.enter_sandbox(dataclasses.replace(limits, cpu_seconds=cpu_seconds), workdir)
 
 
 def _state_bytes(state_dict: dict[str, Any] | None) -> bytes | None:
@@ -123,7 +133,7 @@ def _run_job(job: Job, conn: multiprocessing.connection.Connection, workdir: Pat
     dataset = load_dataset(job.dataset_path) if job.dataset_path else None
     initial_state = _load_state(job.initial_weights)
     if spec.diffusion_source is not None:
-        _enter_sandbox(workdir)
+        _enter_sandbox(workdir, job.epochs)
     if job.kind == "count":
         from leads_engine.hybrid import HybridModel
 
@@ -220,6 +230,19 @@ def _receive(conn: multiprocessing.connection.Connection, timeout: float) -> tup
     return kind, payload
 
 
+def _describe_exit(code: int | None) -> str:
+    """A worker's exit code in words (negative: killed by that signal)."""
+    if code is None or code >= 0:
+        return f"exit code {code}"
+    reasons = {
+        signal.SIGXCPU: "its CPU-time limit was reached (SIGXCPU)",
+        signal.SIGKILL: "killed (SIGKILL: out of memory, or stopped)",
+        signal.SIGSEGV: "crashed (SIGSEGV)",
+        signal.SIGXFSZ: "its file-size limit was reached (SIGXFSZ)",
+    }
+    return reasons.get(-code, f"killed by signal {-code}")
+
+
 class WorkerPool:
     """Starts one worker process per job from a shared fork server.
 
@@ -274,8 +297,8 @@ class WorkerPool:
                 except (EOFError, OSError) as exc:
                     await anyio.to_thread.run_sync(process.join, 5.0)
                     raise WorkerError(
-                        f"the worker process died (exit code {process.exitcode}) before it "
-                        "reported a result"
+                        f"the worker process died ({_describe_exit(process.exitcode)}) before "
+                        "it reported a result"
                     ) from exc
                 if message is None:
                     continue

@@ -491,3 +491,14 @@ async def test_session_resumes_after_a_restart(home: Path) -> None:
         server.close()
     with Archive.open(path) as archive:
         assert [c["status"] for c in archive.list_candidates(session_id)] == ["ok", "ok"]
+
+
+def test_a_killed_worker_is_described_in_words() -> None:
+    import signal
+
+    from leads_server.jobs import CPU_SECONDS_PER_EPOCH, _describe_exit
+
+    assert "CPU-time limit" in _describe_exit(-signal.SIGXCPU)
+    assert "SIGKILL" in _describe_exit(-signal.SIGKILL)
+    assert _describe_exit(3) == "exit code 3"
+    assert CPU_SECONDS_PER_EPOCH * 10 > 120  # a 10-epoch fine-tune gets more than the default

@@ -78,7 +78,9 @@ def test_fit_reports_curves_progress_and_keeps_the_best_epoch(tiny):
 
 
 def test_training_lowers_the_loss_of_the_physics_oracle(tiny):
-    config = TrainingConfig(epochs=4, batch_size=3, checkpoint_frames=5, compile=False)
+    config = TrainingConfig(
+        epochs=4, batch_size=3, checkpoint_frames=5, compile=False, physical_learning_rate=0.1
+    )
     # start from a wrong conductivity: training must move towards the data's
     spec = CandidateSpec(
         reaction="ap",
