@@ -13,6 +13,7 @@ must have been checked by the sandbox before it reaches :func:`load_diffusion_cl
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import linecache
@@ -65,8 +66,15 @@ def _catalog_dir() -> Any:  # an importlib Traversable (folder or zip entry)
 
 def list_templates() -> list[TemplateInfo]:
     """All diffusion templates of the catalog, in catalog order."""
+    return list(_catalog())
+
+
+@functools.cache
+def _catalog() -> tuple[TemplateInfo, ...]:
+    """The catalog description, read once per process (it is package data, fixed at run time;
+    a sandboxed worker reads it before it loses file access)."""
     catalog = json.loads((_catalog_dir() / _CATALOG_FILE).read_text(encoding="utf-8"))
-    return [
+    return tuple(
         TemplateInfo(
             name=entry["name"],
             summary=entry["summary"],
@@ -77,7 +85,7 @@ def list_templates() -> list[TemplateInfo]:
             file=entry["file"],
         )
         for entry in catalog["templates"]
-    ]
+    )
 
 
 def template_info(name: str) -> TemplateInfo:

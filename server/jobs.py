@@ -16,7 +16,6 @@ cancellation or server shutdown), so an abandoned fit never keeps a core busy.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import io
 import json
 import multiprocessing
@@ -86,15 +85,14 @@ CPU_SECONDS_PER_EPOCH = 300
 def _enter_sandbox(workdir: Path, epochs: int) -> None:
     """Prepare everything trusted code needs from the file system, then lock the process down.
 
-    The catalog description is read once and cached (the model builder looks templates up by
-    name), and the graph layers are imported, because the sandbox refuses file access outside
-    ``workdir`` afterwards."""
+    The catalog description is read (the engine caches it; the model builder looks templates
+    up by name) and the graph layers are imported, because the sandbox refuses file access
+    outside ``workdir`` afterwards."""
     import torch_geometric.nn  # noqa: F401
 
     from leads_engine import diffusion, hybrid, metrics, sandbox  # noqa: F401
 
-    templates = diffusion.list_templates()
-    diffusion.list_templates = functools.lru_cache(maxsize=1)(lambda: list(templates))
+    diffusion.list_templates()  # reads (and caches) the catalog while files are readable
     # training is long, legitimate work: the CPU-time limit grows with the epochs asked for
     limits = sandbox.SandboxLimits()
     cpu_seconds = max(limits.cpu_seconds, CPU_SECONDS_PER_EPOCH * max(1, epochs))
