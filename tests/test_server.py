@@ -502,3 +502,24 @@ def test_a_killed_worker_is_described_in_words() -> None:
     assert "SIGKILL" in _describe_exit(-signal.SIGKILL)
     assert _describe_exit(3) == "exit code 3"
     assert CPU_SECONDS_PER_EPOCH * 10 > 120  # a 10-epoch fine-tune gets more than the default
+
+
+async def test_a_session_through_the_tools_reproduces_the_engine(
+    client: Client, home: Path
+) -> None:
+    """The physics-oracle and GAT candidates trained through the tools give exactly the numbers
+    of the engine's own ``fit`` with the same spec, seed and settings."""
+    from leads_engine.dataset import load_dataset
+    from leads_engine.spec import CandidateSpec
+    from leads_engine.training import TrainingConfig, fit
+
+    session_id = await start(client)
+    dataset = load_dataset("tiny")
+    for template in ("laplacian_nodewise", "gat"):
+        await call(client, "select_reaction", session_id=session_id, reaction="aliev_panfilov")
+        await call(client, "select_diffusion", session_id=session_id, template=template)
+        served, _ = await train(client, session_id)
+        spec = CandidateSpec(reaction="aliev_panfilov", diffusion=template, seed=0)
+        engine = fit(spec, dataset, TrainingConfig(epochs=2, compile=False))
+        assert served["val_losses"] == pytest.approx(engine.val_losses, rel=1e-6)
+        assert served["train_losses"] == pytest.approx(engine.train_losses, rel=1e-6)
