@@ -29,6 +29,7 @@ volume-conductor model; see there for the formula and why.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -118,7 +119,7 @@ class IdentityObservation:
         return self
 
 
-class _ElectrodeObservation:
+class _ElectrodeObservation(ABC):
     """Shared part of the electrode operators: targets from ``signals``, normalisation."""
 
     name = "electrodes"
@@ -130,9 +131,9 @@ class _ElectrodeObservation:
     def normalisation(self) -> str:
         return "none" if self.standardisation is None else "standardise"
 
+    @abstractmethod
     def raw(self, u: torch.Tensor) -> torch.Tensor:
         """Un-normalised observation ``[B, F, E]`` (signal units)."""
-        raise NotImplementedError
 
     def observe(self, u: torch.Tensor) -> torch.Tensor:
         y = self.raw(u)
