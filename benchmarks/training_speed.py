@@ -37,6 +37,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=TrainingConfig.batch_size)
     parser.add_argument("--steps-per-frame", type=int, default=TrainingConfig.steps_per_frame)
+    parser.add_argument(
+        "--reaction-substeps", type=int, default=TrainingConfig.reaction_substeps
+    )
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
@@ -53,6 +56,7 @@ def main() -> None:
         epochs=args.epochs,
         batch_size=args.batch_size,
         steps_per_frame=args.steps_per_frame,
+        reaction_substeps=args.reaction_substeps,
         device=args.device,
         patience=args.epochs,
     )

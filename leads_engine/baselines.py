@@ -3,7 +3,8 @@
 =============  ===========================================================================
 method         structure
 =============  ===========================================================================
-physics        true reaction + FE Laplacian with learnable per-node conductivity (oracle)
+physics        true reaction with its true parameters, fixed, + FE Laplacian with a learnable
+               per-node conductivity (the oracle: only the tissue is unknown)
 hybrid-gat     true reaction + GAT diffusion (the human-designed hybrid, as HyPer-EP)
 diff-only      true reaction; the diffusion chosen among the catalog by validation loss
 react-only     GAT diffusion fixed; the reaction chosen among the catalog by validation loss
@@ -29,8 +30,17 @@ from .training import Evaluation, FitResult, TrainingConfig, TrainingProgress, e
 BASELINES = ("physics", "hybrid-gat", "diff-only", "react-only", "all-neural")
 
 
-def baseline_candidates(method: str, true_reaction: str, seed: int = 0) -> list[CandidateSpec]:
-    """The candidate structures a baseline tries (one, or a catalog sweep)."""
+def baseline_candidates(
+    method: str,
+    true_reaction: str,
+    seed: int = 0,
+    true_parameters: dict[str, float] | None = None,
+) -> list[CandidateSpec]:
+    """The candidate structures a baseline tries (one, or a catalog sweep).
+
+    ``true_parameters`` (the data set's ``meta["reaction_parameters"]``) fix the physics
+    oracle's reaction; without them it starts from the model's defaults, still fixed.
+    """
 
     def spec(reaction: str, diffusion: str) -> CandidateSpec:
         return CandidateSpec(
@@ -38,7 +48,14 @@ def baseline_candidates(method: str, true_reaction: str, seed: int = 0) -> list[
         )
 
     if method == "physics":
-        return [spec(true_reaction, "laplacian_nodewise")]
+        return [
+            spec(true_reaction, "laplacian_nodewise").model_copy(
+                update={
+                    "reaction_parameters": dict(true_parameters or {}),
+                    "reaction_learnable": False,
+                }
+            )
+        ]
     if method == "hybrid-gat":
         return [spec(true_reaction, "gat")]
     if method == "diff-only":
@@ -90,22 +107,29 @@ def run_baseline(
     finetune_epochs: int = 10,
     config: TrainingConfig | None = None,
     progress: Callable[[str, TrainingProgress], None] | None = None,
+    seed: int = 0,
+    fitter: Callable[..., FitResult] = fit,
 ) -> BaselineResult:
-    """Screen the baseline's candidates, fine-tune the best and evaluate it on the test split."""
+    """Screen the baseline's candidates, fine-tune the best and evaluate it on the test split.
+
+    ``fitter`` replaces :func:`fit` (same signature), e.g. a
+    :class:`~leads_engine.fit_cache.FitCache` shared by several baselines.
+    """
     config = config or TrainingConfig()
     true_reaction = str(dataset.meta["reaction"])
+    true_parameters = dataset.meta.get("reaction_parameters")
     screening: list[tuple[CandidateSpec, FitResult]] = []
-    for spec in baseline_candidates(method, true_reaction):
+    for spec in baseline_candidates(method, true_reaction, seed, true_parameters):
         label = f"{spec.reaction} + {spec.diffusion}"
         callback = (lambda event, label=label: progress(label, event)) if progress else None
-        result = fit(spec, dataset, replace(config, epochs=epochs), progress=callback)
+        result = fitter(spec, dataset, replace(config, epochs=epochs), progress=callback)
         screening.append((spec, result))
     trained = [(s, r) for s, r in screening if r.status == "ok" and r.best_val_loss is not None]
     if not trained:
         raise RuntimeError(f"every {method} candidate was unstable or failed")
     chosen, first = min(trained, key=lambda pair: pair[1].best_val_loss)
     callback = (lambda event: progress("fine-tune", event)) if progress else None
-    finetuned = fit(
+    finetuned = fitter(
         chosen.model_copy(update={"operation": "finetune"}),
         dataset,
         replace(config, epochs=finetune_epochs),

@@ -5,7 +5,9 @@ r"""The hybrid model: a diffusion operator from the catalog joined to a reaction
     \frac{dw}{dt} = R_w(u, w; \theta)
 
 Integration for training is explicit Euler on the data's frame grid with ``steps_per_frame``
-sub-steps of ``dt = frame_interval / steps_per_frame``. Every catalog template is flux-form,
+sub-steps of ``dt = frame_interval / steps_per_frame``; a stiff reaction model (one that sets
+``max_step_ms``, e.g. Mitchell-Schaeffer's 0.3 ms inward current) takes several Euler
+sub-steps of its own per diffusion step. Every catalog template is flux-form,
 ``du_i/dt = (1/M_i) sum_j w_ij (u_j - u_i)``, with ``edge_conductance(u, graph) -> w``. The
 integrator is *multirate*: the conductances (a neural network's output: 10-70 ms per
 evaluation on a 20-sample batch) are evaluated once per frame and held over its sub-steps,
@@ -45,12 +47,21 @@ def flux_euler_step(
     dst: torch.Tensor,
     inverse_mass: torch.Tensor,
     dt: float,
+    reaction_substeps: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Explicit Euler step of ``du/dt = (1/M) sum_j w_ij (u_j - u_i) + R_u``, ``dw/dt = R_w``."""
+    """Explicit Euler step of ``du/dt = (1/M) sum_j w_ij (u_j - u_i) + R_u``, ``dw/dt = R_w``.
+
+    With ``reaction_substeps = k > 1`` the step is multirate: the diffusion rate is evaluated
+    once and held while the (pointwise, cheap, possibly stiff) reaction takes ``k`` Euler
+    steps of ``dt / k``.
+    """
     flux = conductance.unsqueeze(1) * (u[src] - u[dst])
     diffusion_rate = inverse_mass * torch.zeros_like(u).index_add_(0, dst, flux)
-    du, dw = reaction(u, w, p)
-    return u + dt * (diffusion_rate + du), w + dt * dw
+    h = dt / reaction_substeps
+    for _ in range(reaction_substeps):
+        du, dw = reaction(u, w, p)
+        u, w = u + h * (diffusion_rate + du), w + h * dw
+    return u, w
 
 
 @functools.cache
@@ -61,6 +72,10 @@ def compiled_flux_euler_step():  # noqa: ANN201 - a torch.compile wrapper
     faster on CPU (0.9 vs 4.8 ms for 10 trajectories on the bundled mesh) for a one-off compile
     of a few seconds per reaction model, cached on disk by TorchInductor across processes.
     """
+    # One compiled variant per (reaction class, batch shape, sub-steps): a screening over the
+    # reaction catalog with train/val/test batches needs more than dynamo's default of 8, past
+    # which it would silently fall back to the slow eager step.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     return torch.compile(flux_euler_step, dynamic=False)
 
 
@@ -83,7 +98,10 @@ class HybridModel(nn.Module):
         """Build the model a spec describes, with its seed (same spec -> same weights)."""
         torch.manual_seed(spec.seed)
         reaction = build_reaction(
-            spec.reaction, **spec.reaction_parameters, **spec.reaction_hyperparameters
+            spec.reaction,
+            learnable=spec.reaction_learnable,
+            **spec.reaction_parameters,
+            **spec.reaction_hyperparameters,
         )
         diffusion = build_diffusion(
             spec.diffusion, num_nodes, spec.diffusion_hyperparameters, spec.diffusion_source
@@ -102,6 +120,7 @@ class HybridModel(nn.Module):
         n_frames: int,
         steps_per_frame: int,
         dt: float,
+        reaction_substeps: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Integrate ``n_frames`` frames; returns the end state and the frames' ``u``."""
         p = self.reaction.physical_parameters()
@@ -113,14 +132,26 @@ class HybridModel(nn.Module):
                 conductance = self.diffusion.edge_conductance(u, graph)
                 for _ in range(steps_per_frame):
                     u, w = step(
-                        self.reaction, u, w, conductance, p, src, dst, graph.inverse_mass, dt
+                        self.reaction,
+                        u,
+                        w,
+                        conductance,
+                        p,
+                        src,
+                        dst,
+                        graph.inverse_mass,
+                        dt,
+                        reaction_substeps,
                     )
                 frames.append(u)
         else:
+            h = dt / reaction_substeps
             for _ in range(n_frames):
                 for _ in range(steps_per_frame):
-                    du, dw = self.reaction(u, w, p)
-                    u, w = u + dt * (self.diffusion(u, graph) + du), w + dt * dw
+                    diffusion_rate = self.diffusion(u, graph)
+                    for _ in range(reaction_substeps):
+                        du, dw = self.reaction(u, w, p)
+                        u, w = u + h * (diffusion_rate + du), w + h * dw
                 frames.append(u)
         return u, w, torch.stack(frames)
 
@@ -133,33 +164,37 @@ class HybridModel(nn.Module):
         steps_per_frame: int,
         checkpoint_frames: int | None = 10,
         max_abs: float = 10.0,
+        reaction_substeps: int | None = None,
     ) -> torch.Tensor:
         """Predict ``u`` at ``n_frames`` frames after the initial one: ``[B, n_frames, N]``.
 
         ``u0`` is the observed first frame ``[B, N]`` (the stimulus); recovery variables start
         at rest. Raises :class:`SimulationDiverged` (step counted from the start) when the
-        state turns non-finite or exceeds ``max_abs``.
+        state turns non-finite or exceeds ``max_abs``. ``reaction_substeps`` defaults to what
+        the reaction model needs at this step (:meth:`ReactionModel.reaction_substeps`).
         """
         batch, nodes = u0.shape
         u = u0.reshape(batch * nodes, 1)
         w = self.reaction.initial_state(batch * nodes, 1, dtype=u.dtype, device=u.device)[1:]
         dt = frame_interval / steps_per_frame
+        if reaction_substeps is None:
+            reaction_substeps = self.reaction.reaction_substeps(dt)
         chunk = checkpoint_frames or n_frames
         use_checkpoint = checkpoint_frames is not None and torch.is_grad_enabled()
         outputs = []
         done = 0
         while done < n_frames:
             count = min(chunk, n_frames - done)
-            if use_checkpoint:
+            if use_checkpoint and not u.requires_grad:
                 # The re-entrant variant has far less per-operation overhead than the
                 # saved-tensor-hook one; it needs an input that requires grad to record the
                 # chunk, hence the first chunk's initial state is marked.
-                if not u.requires_grad:
-                    u = u.detach().requires_grad_(True)
-                args = (u, w, graph, count, steps_per_frame, dt)
+                u = u.detach().requires_grad_(True)
+            args = (u, w, graph, count, steps_per_frame, dt, reaction_substeps)
+            if use_checkpoint:
                 u, w, frames = checkpoint(self._advance, *args, use_reentrant=True)
             else:
-                u, w, frames = self._advance(u, w, graph, count, steps_per_frame, dt)
+                u, w, frames = self._advance(*args)
             peak = float(frames.detach().abs().max())
             if not math.isfinite(peak) or peak > max_abs:
                 first_bad = _first_bad_frame(frames.detach(), max_abs)

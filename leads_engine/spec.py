@@ -25,6 +25,11 @@ class CandidateSpec(BaseModel):
     reaction_parameters: dict[str, float] = Field(
         default_factory=dict, description="initial values of the reaction's parameters"
     )
+    reaction_learnable: bool = Field(
+        default=True,
+        description="False: the reaction parameters stay at their initial values (the physics "
+        "oracle, which knows the true reaction model and its parameters)",
+    )
     reaction_hyperparameters: dict[str, int] = Field(
         default_factory=dict, description="for 'neural': hidden, layers, n_recovery"
     )

@@ -13,6 +13,7 @@ readable diagnosis. A candidate whose integration blows up is returned with
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -46,8 +47,14 @@ class TrainingConfig:
     batch_size: int = 10
     learning_rate: float = 1e-2
     physical_learning_rate: float = 2e-2
+    conductivity_learning_rate: float = 1e-1
     grad_clip: float = 1.0
+    #: learning rates follow a half cosine from their base value down to this fraction of it
+    #: over the fit's batches (1.0: constant): large steps first, then settling into the minimum
+    final_lr_fraction: float = 0.1
     steps_per_frame: int = 5
+    #: reaction Euler sub-steps per integration step; ``None``: what the reaction model needs
+    reaction_substeps: int | None = None
     checkpoint_frames: int | None = 10
     patience: int = 5
     max_abs: float = 10.0
@@ -164,23 +171,35 @@ def predict(
         config.steps_per_frame,
         config.checkpoint_frames,
         config.max_abs,
+        config.reaction_substeps,
     )
 
 
 def _optimizer(model: HybridModel, config: TrainingConfig) -> torch.optim.Optimizer:
-    """Adam with a larger step for the physical parameters (reaction, conductivities)."""
-    physical, neural = [], []
+    """Adam with larger steps for the physical parameters: reaction and conductivities.
+
+    Bounded physical values are stored as ``raw_<name>`` (reaction parameters, conductivity
+    levels and maps): the reaction's get ``physical_learning_rate``, the diffusion's
+    ``conductivity_learning_rate``, everything else (network weights) ``learning_rate``.
+    """
+    groups: dict[float, list[torch.nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        # Bounded physical scalars are stored as ``raw_<name>`` (reaction parameters,
-        # conductivities): they get the larger step.
-        is_physical = name.rsplit(".", 1)[-1].startswith("raw_")
-        (physical if is_physical else neural).append(parameter)
-    groups = [{"params": neural, "lr": config.learning_rate}]
-    if physical:
-        groups.append({"params": physical, "lr": config.physical_learning_rate})
-    return torch.optim.Adam(groups)
+        if not name.rsplit(".", 1)[-1].startswith("raw_"):
+            rate = config.learning_rate
+        elif name.startswith("diffusion."):
+            rate = config.conductivity_learning_rate
+        else:
+            rate = config.physical_learning_rate
+        groups.setdefault(rate, []).append(parameter)
+    return torch.optim.Adam([{"params": ps, "lr": rate} for rate, ps in groups.items()])
+
+
+def _cosine_factor(total_steps: int, final_fraction: float, step: int) -> float:
+    """Learning-rate factor after ``step`` of ``total_steps`` optimizer steps (half cosine)."""
+    progress = min(step / max(total_steps - 1, 1), 1.0)
+    return final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def diagnose(
@@ -256,6 +275,10 @@ def fit(
     data_variance = float(val_targets.var())
     shuffler = torch.Generator().manual_seed(seed)
     batches = math.ceil(len(train_index) / config.batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        functools.partial(_cosine_factor, config.epochs * batches, config.final_lr_fraction),
+    )
 
     train_losses: list[float] = []
     val_losses: list[float] = []
@@ -282,6 +305,7 @@ def fit(
                 if not torch.isfinite(grad_norm):
                     raise SimulationDiverged("non-finite gradient", 0, float(dataset.t[-1]))
                 optimizer.step()
+                schedule.step()
                 epoch_loss += float(loss.detach()) * len(batch)
                 if progress:
                     progress(

@@ -79,6 +79,11 @@ class ReactionModel(nn.Module, ABC):
     resting_state: ClassVar[tuple[float, ...]]
     parameter_ranges: ClassVar[dict[str, ParameterRange]]
     time_scale_range: ClassVar[ParameterRange]
+    #: Largest explicit Euler step (ms of data time, at the default parameters) that keeps
+    #: the model's upstroke accurate, or ``None`` when the integrator's step is small enough.
+    #: Stiff models (a fast inward current of ``tau ~ 0.3 ms``) set it; the hybrid integrator
+    #: then sub-steps the reaction (:meth:`reaction_substeps`).
+    max_step_ms: ClassVar[float | None] = None
 
     def __init__(self, learnable: bool = True, **values: float) -> None:
         super().__init__()
@@ -99,6 +104,13 @@ class ReactionModel(nn.Module, ABC):
     @classmethod
     def all_parameter_ranges(cls) -> dict[str, ParameterRange]:
         return {**cls.parameter_ranges, "time_scale": cls.time_scale_range}
+
+    def reaction_substeps(self, dt: float) -> int:
+        """Euler sub-steps of the reaction per integration step ``dt`` (ms): ``dt / max_step_ms``
+        rounded up, at least 1."""
+        if self.max_step_ms is None:
+            return 1
+        return max(1, math.ceil(dt / self.max_step_ms - 1e-9))
 
     @property
     def n_recovery(self) -> int:

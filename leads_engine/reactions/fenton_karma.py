@@ -53,6 +53,7 @@ class FentonKarma(ReactionModel):
         "u_v": ParameterRange(0.055, 0.005, 0.2, description="v recovery threshold"),
     }
     time_scale_range = ParameterRange(1.0, 0.05, 20.0, log=True)
+    max_step_ms = 0.1  # the fast inward current (tau_d = 0.25 ms) is stiff at the 0.4 ms step
 
     def rates(
         self, u: torch.Tensor, w: torch.Tensor, p: dict[str, torch.Tensor]

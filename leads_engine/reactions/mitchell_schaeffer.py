@@ -38,6 +38,7 @@ class MitchellSchaeffer(ReactionModel):
         "v_gate": ParameterRange(0.13, 0.02, 0.4, description="gate threshold"),
     }
     time_scale_range = ParameterRange(1.0, 0.05, 20.0, log=True)
+    max_step_ms = 0.1  # the fast inward current (tau_in = 0.3 ms) is stiff at the 0.4 ms step
 
     def rates(
         self, u: torch.Tensor, w: torch.Tensor, p: dict[str, torch.Tensor]
