@@ -51,6 +51,7 @@ class AnthropicBackend:
         http_client: httpx2.AsyncClient | None = None,
         retry: RetryPolicy | None = None,
         max_tokens: int = 2048,
+        system_prompt: str = SYSTEM_PROMPT,
     ) -> None:
         key = api_key or os.environ.get("ANTHROPIC_API_KEY")
         if not key:
@@ -67,7 +68,7 @@ class AnthropicBackend:
         )
         self.messages: list[dict[str, Any]] = []
         self._tools = convert_tools(tools)
-        self._system = [{"type": "text", "text": SYSTEM_PROMPT, "cache_control": _EPHEMERAL}]
+        self._system = [{"type": "text", "text": system_prompt, "cache_control": _EPHEMERAL}]
 
     def _append_user_blocks(self, blocks: list[dict[str, Any]]) -> None:
         if self.messages and self.messages[-1]["role"] == "user":

@@ -14,9 +14,11 @@ from typing import Any
 from rich.console import Console
 
 from .agent import RunConfig, RunResult, report_folder, run_search
+from .bench import add_arguments as add_bench_arguments
+from .bench import run_command as run_bench_command
 from .connection import ServerConnection, connect
 from .errors import AgentError, ConfigurationError
-from .llm import LLMPolicy, RetryPolicy, agent_tools
+from .llm import SYSTEM_PROMPT, LLMPolicy, RetryPolicy, agent_tools
 from .offline import OfflinePolicy
 from .policy import Policy
 from .report import write_report
@@ -101,11 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
     baseline = sub.add_parser("baseline", help="a paper baseline through the same tools")
     baseline.add_argument("--method", choices=BASELINES, required=True)
     _common(baseline)
+    bench = sub.add_parser(
+        "bench", help="the paper's comparison table (all methods, AP/RM/MS, seeds)"
+    )
+    add_bench_arguments(bench)
     return parser
 
 
-def _policy(args: argparse.Namespace, conn: ServerConnection) -> Policy:
-    llm = getattr(args, "llm", "offline")
+def make_policy(
+    llm: str,
+    conn: ServerConnection,
+    model: str | None = None,
+    base_url: str | None = None,
+    system_prompt: str = SYSTEM_PROMPT,
+) -> Policy:
+    """The offline policy, or an LLM policy over the connection's tools."""
     if llm == "offline":
         return OfflinePolicy()
     tools = agent_tools(conn.tools)
@@ -113,15 +125,29 @@ def _policy(args: argparse.Namespace, conn: ServerConnection) -> Policy:
     if llm == "anthropic":
         from .anthropic_provider import AnthropicBackend
 
-        return LLMPolicy(AnthropicBackend(tools, model=args.model, retry=retry))
+        return LLMPolicy(
+            AnthropicBackend(tools, model=model, retry=retry, system_prompt=system_prompt)
+        )
     from .openai_provider import OpenAIBackend
 
-    return LLMPolicy(OpenAIBackend(tools, model=args.model, base_url=args.base_url, retry=retry))
+    return LLMPolicy(
+        OpenAIBackend(
+            tools, model=model, base_url=base_url, retry=retry, system_prompt=system_prompt
+        )
+    )
+
+
+def _policy(args: argparse.Namespace, conn: ServerConnection) -> Policy:
+    return make_policy(getattr(args, "llm", "offline"), conn, args.model, args.base_url)
 
 
 def _check_llm_config(args: argparse.Namespace) -> None:
     """Fail fast (before starting a server) on a missing key or model."""
-    llm = getattr(args, "llm", "offline")
+    check_llm_config(getattr(args, "llm", "offline"), args.model, args.base_url)
+
+
+def check_llm_config(llm: str, model: str | None, base_url: str | None) -> None:
+    """Raise :class:`ConfigurationError` for a provider without its key or model."""
     if llm == "anthropic" and not os.environ.get("ANTHROPIC_API_KEY"):
         raise ConfigurationError(
             "--llm anthropic needs an API key: set ANTHROPIC_API_KEY (or use --llm offline)"
@@ -129,9 +155,9 @@ def _check_llm_config(args: argparse.Namespace) -> None:
     if llm == "openai":
         from .openai_provider import DEFAULT_OPENAI_BASE_URL
 
-        if not (args.model or os.environ.get("OPENAI_MODEL")):
+        if not (model or os.environ.get("OPENAI_MODEL")):
             raise ConfigurationError("--llm openai needs a model: pass --model or set OPENAI_MODEL")
-        base = args.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL
+        base = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL
         if base.rstrip("/") == DEFAULT_OPENAI_BASE_URL and not os.environ.get("OPENAI_API_KEY"):
             raise ConfigurationError("--llm openai against api.openai.com needs OPENAI_API_KEY")
 
@@ -236,6 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         args = build_parser().parse_args(["discover"])
     console = Console(stderr=True)
+    if args.command == "bench":
+        try:
+            return run_bench_command(args, console)
+        except ConfigurationError as exc:
+            console.print(f"[red]error:[/] {exc}")
+            return exc.exit_code
     if getattr(args, "llm", "offline") != "offline":
         try:
             _check_llm_config(args)

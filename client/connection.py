@@ -161,11 +161,15 @@ class ServerConnection:
         raise AgentError(f"resource {uri} is empty")
 
 
-def server_command(archive: str | None = None) -> StdioServerParameters:
+def server_command(
+    archive: str | None = None, compile_training: bool = True
+) -> StdioServerParameters:
     """How to start the bundled server: this interpreter running ``leads_server.cli``."""
     args = ["-m", "leads_server.cli"]
     if archive:
         args += ["--archive", str(archive)]
+    if not compile_training:
+        args.append("--no-compile")
     env = {key: os.environ[key] for key in _FORWARDED_ENV if key in os.environ}
     return StdioServerParameters(command=sys.executable, args=args, env=env)
 
@@ -176,10 +180,11 @@ async def connect(
     token: str | None = None,
     archive: str | None = None,
     server: Any = None,
+    compile_training: bool = True,
 ) -> AsyncIterator[ServerConnection]:
     """Open a connection: ``server`` (an in-process server object or any MCP ``Transport``,
     used by tests), else ``server_url`` over streamable HTTP, else the bundled server over
-    stdio."""
+    stdio (``compile_training=False`` starts it with ``--no-compile``)."""
     log = server_log_path() if server is None and not server_url else None
     where = server_url or "the bundled leads-server (stdio)"
     with contextlib.ExitStack() as files:
@@ -191,7 +196,7 @@ async def connect(
         else:  # the bundled server; its log goes to a file, not over the live display
             log.parent.mkdir(parents=True, exist_ok=True)
             errlog = files.enter_context(open(log, "a", encoding="utf-8"))  # noqa: SIM115
-            target = stdio_client(server_command(archive), errlog=errlog)
+            target = stdio_client(server_command(archive, compile_training), errlog=errlog)
             where += f" (its log: {log})"
         try:
             client = Client(target)

@@ -53,6 +53,7 @@ class OpenAIBackend:
         http_client: httpx2.AsyncClient | None = None,
         retry: RetryPolicy | None = None,
         timeout: float = 300.0,
+        system_prompt: str = SYSTEM_PROMPT,
     ) -> None:
         self.model = model or os.environ.get("OPENAI_MODEL") or ""
         if not self.model:
@@ -72,7 +73,7 @@ class OpenAIBackend:
         self.tools = tools
         self.usage = Usage(model=self.model)
         self.retry = retry or RetryPolicy()
-        self.messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT}]
+        self.messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}]
         self._tools = convert_tools(tools)
 
     def add_user(self, text: str) -> None:

@@ -92,7 +92,8 @@ class Standardisation:
         return cls(torch.from_numpy(mean).float(), torch.from_numpy(std).float())
 
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
-        return (y - self.mean) / self.scale
+        # recorded targets come from numpy (CPU) while predictions live on the model's device
+        return (y - self.mean.to(y.device)) / self.scale.to(y.device)
 
     def to(self, device: torch.device | str) -> Standardisation:
         return Standardisation(self.mean.to(device), self.scale.to(device))

@@ -271,6 +271,43 @@ def plot_activation_comparison(
     return _save(fig, path)
 
 
+def plot_activation_grid(
+    rows: list[tuple[str, Any, Any, dict[str, Any]]],
+    path: PathLikeStr,
+    *,
+    cmap: str = AT_CMAP,
+) -> Path:
+    """Activation maps side by side: one row per data set, one column per map (front view).
+
+    Each row is ``(label, points, cells, {column title: at [n]})``; the maps of a row share
+    one colour scale (the first column is usually the truth), and each panel's title carries
+    its AT MAE against the row's first map.
+    """
+    if not rows:
+        raise ValueError("no activation maps to draw")
+    columns = max(len(maps) for *_, maps in rows)
+    fig = _new_figure((3.2 * columns + 1.0, 3.4 * len(rows)))
+    view, elev, azim = VIEWS[0]
+    for r, (label, points, cells, maps) in enumerate(rows):
+        values = [_check_at(at) for at in maps.values()]
+        pts, faces = _check_mesh(points, cells, len(values[0]))
+        norm = Normalize(*_color_range(*values))
+        reference = values[0]
+        for c, (title, at) in enumerate(zip(maps, values, strict=True)):
+            ax = fig.add_subplot(len(rows), columns, r * columns + c + 1, projection="3d")
+            _draw_surface(ax, pts, faces, at, norm, cmap, elev, azim)
+            note = "" if c == 0 else f"\nAT MAE {at_mae(at, reference).mae:.2f} ms"
+            ax.set_title(f"{label}: {title}{note}", fontsize=8)
+        fig.colorbar(
+            ScalarMappable(norm=norm, cmap=cmap),
+            ax=fig.axes[-len(values) :],
+            shrink=0.6,
+            label="AT (ms)",
+        )
+    fig.suptitle(f"Activation times of the first test beat ({view} view)")
+    return _save(fig, path)
+
+
 # --------------------------------------------------------------------------------------------
 # Traces and curves
 # --------------------------------------------------------------------------------------------
