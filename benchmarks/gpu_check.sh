@@ -83,7 +83,7 @@ for name in ("torch_geometric", "torchdiffeq", "triton", "numpy", "scipy"):
         print(name, "MISSING:", exc)
 EOF
 } 2>&1 | tee "$OUT/environment.log"
-python3 -m pip list --disable-pip-version-check >"$OUT/pip_list.txt" 2>&1
+python3 -m pip list --disable-pip-version-check >>"$OUT/environment.log" 2>&1  # at most 8 files come back
 
 # ---- tests -----------------------------------------------------------------------------------
 # No -x: one run has to tell which of the CUDA checks fail, not only the first.
