@@ -310,10 +310,13 @@ def _unfinished_session(archive_path: Path) -> str | None:
     return str(sessions[-1]["session_id"]) if sessions else None
 
 
-async def _search(run: Run, dataset_path: Path, archive_path: Path, config: BenchConfig, say):
-    from .agent import RunConfig, run_search
-    from .cli import make_policy
-    from .connection import connect
+def search_setup(
+    run: Run, dataset_path: Path, config: BenchConfig, resume: str | None = None
+) -> tuple[Any, str | None]:
+    """The agent's run configuration for a search row, and its LLM system prompt (``None``:
+    the default LEADS prompt). The HDTwinGen-style row fixes the neural reaction and asks for
+    free-form model code through ``modify_diffusion``."""
+    from .agent import RunConfig
 
     run_config = RunConfig(
         dataset=str(dataset_path),
@@ -321,17 +324,28 @@ async def _search(run: Run, dataset_path: Path, archive_path: Path, config: Benc
         epochs=config.epochs,
         finetune=config.finetune,
         seed=run.seed,
-        resume=_unfinished_session(archive_path),
+        resume=resume,
         label=f"bench {run.method}",
     )
-    prompt = {}
-    if run.method == "hdtwingen":
-        run_config.fixed_reaction = "neural"
-        run_config.reactions = ["neural"]
-        prompt = {"system_prompt": HDTWINGEN_PROMPT}
+    if run.method != "hdtwingen":
+        return run_config, None
+    run_config.fixed_reaction = "neural"
+    run_config.reactions = ["neural"]
+    return run_config, HDTWINGEN_PROMPT
+
+
+async def _search(run: Run, dataset_path: Path, archive_path: Path, config: BenchConfig, say):
+    from .agent import run_search
+    from .cli import make_policy
+    from .connection import connect
+
+    run_config, prompt = search_setup(
+        run, dataset_path, config, resume=_unfinished_session(archive_path)
+    )
     async with connect(archive=str(archive_path), compile_training=not config.quick) as conn:
         llm = "offline" if run.method == "leads-offline" else config.llm
-        policy = make_policy(llm, conn, config.model, config.base_url, **prompt)
+        extra = {"system_prompt": prompt} if prompt else {}
+        policy = make_policy(llm, conn, config.model, config.base_url, **extra)
         try:
             return await run_search(conn, policy, run_config, _ForwardingView(say))
         finally:

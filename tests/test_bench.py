@@ -166,3 +166,92 @@ def test_quick_bench_runs_the_whole_table_and_resumes(tmp_path: Path, leads_home
     assert (
         again.table["physics"]["per_dataset"]["rm"] == result.table["physics"]["per_dataset"]["rm"]
     )
+
+
+def test_hdtwingen_row_trains_the_llm_s_free_form_code_in_the_sandbox(tmp_path, monkeypatch):
+    """The HDTwinGen-style row: the LLM (a fake OpenAI-compatible endpoint) gets the free-form
+    prompt, writes a whole diffusion module, and the search trains it in the sandbox with the
+    neural reaction, to the end (fine-tuning and test evaluation included)."""
+    import asyncio
+
+    import httpx2
+    from leads_agent.agent import run_search
+    from leads_agent.bench import HDTWINGEN_PROMPT, search_setup
+    from leads_agent.connection import connect
+    from leads_agent.llm import LLMPolicy, RetryPolicy, agent_tools
+    from leads_agent.openai_provider import OpenAIBackend
+    from leads_agent.ui import QuietView
+    from leads_catalogs import diffusion as catalog
+    from leads_server.app import build_server
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("LEADS_HOME", str(home))
+    config = BenchmarkConfig(reaction="ap", n_samples=4, split_sizes=(2, 1, 1), duration_ms=30.0)
+    from leads_engine.mesh import make_lv_mesh
+
+    dataset_path = home / "datasets" / "tiny.npz"
+    generate_benchmark(config, mesh=make_lv_mesh(200), name="tiny").save(dataset_path)
+    # free-form code: the LLM's own module (here a damped global Laplacian it wrote)
+    source = (Path(catalog.__file__).parent / "laplacian_global.py").read_text()
+    source = source.replace(
+        "return self.conductivity * graph.edge_weight",
+        "return 0.9 * self.conductivity * graph.edge_weight",
+    )
+    assert "0.9 * self.conductivity" in source
+    requests: list[dict] = []
+
+    def reply(message: dict) -> httpx2.Response:
+        usage = {"prompt_tokens": 10, "completion_tokens": 5}
+        choice = {"index": 0, "message": {"role": "assistant", **message}, "finish_reason": "stop"}
+        return httpx2.Response(200, json={"choices": [choice], "usage": usage})
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        requests.append(json.loads(request.content))
+        if len(requests) % 2 == 0:
+            return reply({"content": "The module is set up."})
+        calls = [
+            ("a", "select_reaction", {"reaction": "neural"}),
+            ("b", "modify_diffusion", {"template": "laplacian_global", "source": source}),
+        ]
+        return reply(
+            {
+                "content": "I write my own operator.",
+                "tool_calls": [
+                    {
+                        "id": call_id,
+                        "type": "function",
+                        "function": {"name": name, "arguments": json.dumps(arguments)},
+                    }
+                    for call_id, name, arguments in calls
+                ],
+            }
+        )
+
+    run_config, prompt = search_setup(
+        Run("hdtwingen", "tiny", 0),
+        dataset_path,
+        BenchConfig(out=tmp_path, budget=1, epochs=1, finetune=1, llm="openai"),
+    )
+    assert prompt == HDTWINGEN_PROMPT and run_config.fixed_reaction == "neural"
+
+    async def search():
+        server = build_server(home / "archive.duckdb", compile_training=False)
+        try:
+            async with connect(server=server) as conn:
+                backend = OpenAIBackend(
+                    agent_tools(conn.tools),
+                    model="fake",
+                    base_url="http://llm.local/v1",
+                    http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(handler)),
+                    retry=RetryPolicy(sleep=lambda _: asyncio.sleep(0)),
+                    system_prompt=prompt,
+                )
+                return await run_search(conn, LLMPolicy(backend), run_config, QuietView())
+        finally:
+            server.close()
+
+    result = asyncio.run(search())
+    assert requests[0]["messages"][0] == {"role": "system", "content": HDTWINGEN_PROMPT}
+    assert result.completed and result.best is not None
+    assert result.best.reaction == "neural" and result.best.operation == "modify"
+    assert result.evaluation and result.evaluation["mse"] > 0
