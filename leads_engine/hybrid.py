@@ -10,7 +10,8 @@ sub-steps of ``dt = frame_interval / steps_per_frame``; a stiff reaction model (
 sub-steps of its own per diffusion step. Every catalog template is flux-form,
 ``du_i/dt = (1/M_i) sum_j w_ij (u_j - u_i)``, with ``edge_conductance(u, graph) -> w``. The
 integrator is *multirate*: the conductances (a neural network's output: 10-70 ms per
-evaluation on a 20-sample batch) are evaluated once per frame and held over its sub-steps,
+evaluation on a 20-sample batch) are evaluated once per frame (every 2 frames for the
+attention templates, the catalog's ``evaluation``) and held over its sub-steps,
 while the flux and the reaction are evaluated at every sub-step (for the physical templates
 the conductances do not depend on the state, so this is exact). Holding conductances rather
 than the rate keeps the explicit scheme stable (a held rate would be an explicit step of a
@@ -83,11 +84,17 @@ class HybridModel(nn.Module):
     """``HybridModel(diffusion, reaction)``: the twin's right-hand side and its integrator."""
 
     def __init__(
-        self, diffusion: nn.Module, reaction: ReactionModel, compile_step: bool = False
+        self,
+        diffusion: nn.Module,
+        reaction: ReactionModel,
+        compile_step: bool = False,
+        refresh_frames: int = 1,
     ) -> None:
         super().__init__()
         self.diffusion = diffusion
         self.reaction = reaction
+        #: frames over which flux-form conductances are held (the catalog's ``evaluation``)
+        self.refresh_frames = refresh_frames
         #: flux-form operators (those with ``edge_conductance``) are integrated with
         #: conductances evaluated once per frame; any other module's rate at every sub-step.
         self.flux_form = callable(getattr(diffusion, "edge_conductance", None))
@@ -106,8 +113,9 @@ class HybridModel(nn.Module):
         diffusion = build_diffusion(
             spec.diffusion, num_nodes, spec.diffusion_hyperparameters, spec.diffusion_source
         )
-        template_info(spec.diffusion)  # an unknown template fails here with the catalog's list
-        return cls(diffusion, reaction)
+        # an unknown template fails here with the catalog's list
+        info = template_info(spec.diffusion)
+        return cls(diffusion, reaction, refresh_frames=info.refresh_frames)
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -128,8 +136,9 @@ class HybridModel(nn.Module):
         if self.flux_form:
             step = compiled_flux_euler_step() if self.compile_step else flux_euler_step
             src, dst = graph.edge_index
-            for _ in range(n_frames):
-                conductance = self.diffusion.edge_conductance(u, graph)
+            for frame in range(n_frames):  # a chunk starts on a refresh (see rollout)
+                if frame % self.refresh_frames == 0:
+                    conductance = self.diffusion.edge_conductance(u, graph)
                 for _ in range(steps_per_frame):
                     u, w = step(
                         self.reaction,
@@ -180,6 +189,7 @@ class HybridModel(nn.Module):
         if reaction_substeps is None:
             reaction_substeps = self.reaction.reaction_substeps(dt)
         chunk = checkpoint_frames or n_frames
+        chunk = max(self.refresh_frames, chunk - chunk % self.refresh_frames)
         use_checkpoint = checkpoint_frames is not None and torch.is_grad_enabled()
         outputs = []
         done = 0

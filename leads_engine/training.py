@@ -55,6 +55,8 @@ class TrainingConfig:
     steps_per_frame: int = 5
     #: reaction Euler sub-steps per integration step; ``None``: what the reaction model needs
     reaction_substeps: int | None = None
+    #: frames over which conductances are held; ``None``: the catalog's ``evaluation``
+    conductance_refresh_frames: int | None = None
     checkpoint_frames: int | None = 10
     patience: int = 5
     max_abs: float = 10.0
@@ -260,6 +262,8 @@ def fit(
     started = time.perf_counter()
     seed = spec.seed if config.seed is None else config.seed
     model = HybridModel.from_spec(spec, dataset.n_nodes).to(device)
+    if config.conductance_refresh_frames is not None:
+        model.refresh_frames = config.conductance_refresh_frames
     # Compile the integrator step only for catalog code: an edited template is trained inside
     # the sandbox, which forbids the compiler's subprocesses and cache writes.
     model.compile_step = config.compile and spec.diffusion_source is None
@@ -450,6 +454,8 @@ def evaluate(
     device = config.torch_device()
     observation = observation or observation_for(dataset)
     model = load_model(spec, dataset, state_dict).to(device).eval()
+    if config.conductance_refresh_frames is not None:
+        model.refresh_frames = config.conductance_refresh_frames
     model.compile_step = config.compile and spec.diffusion_source is None
     indices = dataset.indices(split)
     graphs = GraphCache(dataset, device)
