@@ -175,8 +175,9 @@ def test_catalog_files_and_entries_match():
         assert info.file == f"{info.name}.py"
         assert info.summary and info.equation
         assert info.family in {"physical", "neural"}
-        expected = "every_frame"  # conductances once per frame, the flux at every sub-step
-        assert info.evaluation == expected
+        # conductances held over frames (physical: 1, networks: 2), the flux at every sub-step
+        expected = ("every_frame", 1) if info.family == "physical" else ("every_2_frames", 2)
+        assert (info.evaluation, info.refresh_frames) == expected
 
 
 @pytest.mark.parametrize("name", TEMPLATES)

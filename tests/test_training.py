@@ -169,6 +169,30 @@ def test_physics_rollout_reproduces_the_data_with_the_true_conductivity(tiny):
     assert at_error < 0.3  # ms
 
 
+def test_conductances_are_held_over_the_catalog_s_refresh_interval(tiny):
+    """A network's conductances are evaluated every ``refresh_frames`` frames (chunks of the
+    checkpointing start on a refresh); for a state-independent operator holding them longer
+    changes nothing."""
+    graph = MeshGraph.from_mesh(tiny.mesh(), 2)
+    u0 = torch.from_numpy(tiny.u[:2, 0])
+    model = HybridModel.from_spec(CandidateSpec(reaction="ap", diffusion="gcn"), tiny.n_nodes)
+    assert model.refresh_frames == 2
+    calls = []
+    original = model.diffusion.edge_conductance
+    model.diffusion.edge_conductance = lambda u, g: calls.append(1) or original(u, g)
+    with torch.no_grad():
+        model.rollout(u0, graph, 11, 2.0, 5, checkpoint_frames=5)
+    assert len(calls) == 6  # chunks of 4 frames (5 rounded down to the interval): 0-3, 4-7, 8-10
+    physical = HybridModel.from_spec(
+        CandidateSpec(reaction="ap", diffusion="laplacian_nodewise"), tiny.n_nodes
+    )
+    with torch.no_grad():
+        every_frame = physical.rollout(u0, graph, 11, 2.0, 5)
+        physical.refresh_frames = 3
+        held = physical.rollout(u0, graph, 11, 2.0, 5)
+    torch.testing.assert_close(held, every_frame, rtol=0, atol=0)
+
+
 def test_stiff_reaction_is_sub_stepped_to_track_the_data(small_mesh):
     """Mitchell-Schaeffer's 0.3 ms inward current is under-resolved by a plain 0.4 ms Euler
     step; the reaction's own sub-steps bring the true structure back onto the data."""

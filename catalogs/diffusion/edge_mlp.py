@@ -19,7 +19,7 @@ class Diffusion(nn.Module):
     Symmetric features give w_ij = w_ji, so the messages are a conservative flux and a
     uniform u gives 0. At initialisation the gain g is small: the operator starts as the FE
     Laplacian with conductivity softplus(c) (init ``conductivity``, mm^2/ms).
-    ``edge_conductance`` is evaluated once per data frame by the trainer.
+    ``edge_conductance`` is evaluated every second data frame by the trainer.
     """
 
     def __init__(

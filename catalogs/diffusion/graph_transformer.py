@@ -23,7 +23,7 @@ class Diffusion(nn.Module):
     initialisation the gain g is small, so the operator starts as the FE Laplacian with
     conductivity softplus(c) (init ``conductivity``, mm^2/ms) and attention learns where and
     when conduction deviates from it. ``edge_conductance`` is the expensive part: the trainer
-    evaluates it once per data frame and reuses it over the frame's sub-steps.
+    evaluates it every second data frame and reuses it over the sub-steps.
     """
 
     def __init__(

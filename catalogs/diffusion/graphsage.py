@@ -22,7 +22,7 @@ class Diffusion(nn.Module):
     small, so the operator starts as the FE Laplacian with conductivity softplus(c) (init
     ``conductivity``, mm^2/ms) and the network learns where and when conduction deviates
     from it (scar, anisotropy, state dependence). ``edge_conductance`` is the expensive part:
-    the trainer evaluates it once per data frame and reuses it over the frame's sub-steps.
+    the trainer evaluates it every second data frame and reuses it over the sub-steps.
     """
 
     def __init__(
