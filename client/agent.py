@@ -29,6 +29,7 @@ class RunConfig:
     budget: int = 15
     epochs: int = 3
     finetune: int = 10
+    batch_size: int = 10
     seed: int = 0
     anonymise: bool = True
     resume: str | None = None
@@ -303,6 +304,7 @@ class SearchRun:
                 "anonymise": self.config.anonymise,
                 "seed": self.config.seed,
                 "epochs": self.config.epochs,
+                "batch_size": self.config.batch_size,
             }
             result = await self.conn.call("start_session", arguments)
             if not result.ok:

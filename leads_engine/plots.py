@@ -296,7 +296,10 @@ def plot_activation_grid(
         for c, (title, at) in enumerate(zip(maps, values, strict=True)):
             ax = fig.add_subplot(len(rows), columns, r * columns + c + 1, projection="3d")
             _draw_surface(ax, pts, faces, at, norm, cmap, elev, azim)
-            note = "" if c == 0 else f"\nAT MAE {at_mae(at, reference).mae:.2f} ms"
+            error = at_mae(at, reference)
+            missed = error.n_missing_pred / max(error.n_compared + error.n_missing_pred, 1)
+            note = "" if c == 0 else f"\nAT MAE {error.mae:.2f} ms"
+            note += f", {missed:.0%} never activated" if missed >= 0.005 else ""
             ax.set_title(f"{label}: {title}{note}", fontsize=8)
         fig.colorbar(
             ScalarMappable(norm=norm, cmap=cmap),

@@ -149,10 +149,15 @@ def build_server(
         epochs: Annotated[
             int, Field(ge=1, le=100, description="training epochs per candidate")
         ] = 3,
+        batch_size: Annotated[
+            int, Field(ge=1, le=256, description="trajectories per optimizer step")
+        ] = 10,
     ) -> SessionStarted:
         """Start a discovery session on a data set; returns its session_id and budget."""
         return await _tool(
-            service.start_session(dataset, budget, anonymise, seed, epochs, _progress(ctx))
+            service.start_session(
+                dataset, budget, anonymise, seed, epochs, _progress(ctx), batch_size
+            )
         )
 
     @server.tool(annotations=DRAFT_EDIT)

@@ -119,6 +119,7 @@ class DiscoverySession:
     epochs: int
     seed: int
     aliases: ReactionAliases
+    batch_size: int = 10
     steps_used: int = 0
     draft: Draft = field(default_factory=Draft)
     last_candidate_id: str | None = None
@@ -245,6 +246,7 @@ class DiscoveryService:
             epochs=int(config.get("epochs", 3)),
             seed=int(row["seed"] or 0),
             aliases=ReactionAliases(config.get("aliases") or {}),
+            batch_size=int(config.get("batch_size", 10)),
             steps_used=sum(
                 c["operation"] in SEARCH_OPERATIONS and c["status"] != "refused" for c in candidates
             ),
@@ -411,6 +413,7 @@ class DiscoveryService:
         seed: int = 0,
         epochs: int = 3,
         progress: ProgressCallback | None = None,
+        batch_size: int = 10,
     ) -> SessionStarted:
         """Open a session on a data set (generating a missing benchmark set first)."""
         path, generated = await self._resolve_dataset(dataset, progress)
@@ -426,7 +429,12 @@ class DiscoveryService:
             budget=budget,
             anonymise=anonymise,
             seed=seed,
-            config={"epochs": epochs, "aliases": aliases.mapping, "dataset_summary": summary},
+            config={
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "aliases": aliases.mapping,
+                "dataset_summary": summary,
+            },
         )
         self.store.add(
             DiscoverySession(
@@ -438,6 +446,7 @@ class DiscoveryService:
                 epochs=epochs,
                 seed=seed,
                 aliases=aliases,
+                batch_size=batch_size,
             )
         )
         if anonymise:
@@ -961,6 +970,7 @@ class DiscoveryService:
             spec.model_dump_json(),
             str(session.dataset_path),
             epochs=epochs,
+            batch_size=session.batch_size,
             initial_weights=weights,
             compile=self.compile_training,
         )
@@ -1076,6 +1086,7 @@ class DiscoveryService:
             spec.model_dump_json(),
             str(session.dataset_path),
             split=split,
+            batch_size=session.batch_size,
             initial_weights=weights,
             compile=self.compile_training,
         )

@@ -12,6 +12,7 @@ import torch
 from leads_engine.plots import (
     boundary_faces,
     plot_activation_comparison,
+    plot_activation_grid,
     plot_activation_map,
     plot_traces,
     plot_training_curves,
@@ -137,3 +138,20 @@ def test_plot_training_curves(tmp_path: Path) -> None:
     assert_png(plot_training_curves(curves, tmp_path / "lin2.png", ylabel="AT MAE", logy=False))
     with pytest.raises(ValueError):
         plot_training_curves({}, tmp_path / "empty.png")
+
+
+def test_plot_activation_grid_rows_of_methods(tmp_path: Path) -> None:
+    points, cells = grid_surface()
+    truth = points[:, 0] * 40.0
+    silent = np.full(len(truth), np.nan)
+    silent[:3] = 0.0  # a model whose wave dies at the pacing site
+    rows = [
+        ("AP", points, cells, {"truth": truth, "good": truth + 1.0, "no wave": silent}),
+        ("RM", points, cells, {"truth": truth, "good": truth * 1.1}),
+    ]
+    path = plot_activation_grid(rows, tmp_path / "grid.png")
+    assert_png(path)
+    with pytest.raises(ValueError, match="no activation maps"):
+        plot_activation_grid([], tmp_path / "empty.png")
+    with pytest.raises(ValueError):
+        plot_activation_grid([("AP", points, cells, {"truth": truth[:-1]})], tmp_path / "x.png")

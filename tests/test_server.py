@@ -469,7 +469,11 @@ async def test_session_resumes_after_a_restart(home: Path) -> None:
     server = build_server(path, compile_training=False)
     try:
         async with Client(server) as client:
-            session_id = await start(client, anonymise=True, budget=2)
+            assert "batch_size" in await fails(
+                client, "start_session", dataset="tiny", batch_size=0
+            )
+            session_id = await start(client, anonymise=True, budget=2, batch_size=1)
+            assert server.service.store.get(session_id).batch_size == 1
             alias = server.service.store.get(session_id).aliases.show("aliev_panfilov")
             await call(client, "select_reaction", session_id=session_id, reaction=alias)
             await call(client, "select_diffusion", session_id=session_id, template="gcn")
@@ -484,6 +488,7 @@ async def test_session_resumes_after_a_restart(home: Path) -> None:
             )
             resumed, _ = await train(client, session_id, epochs=1)
             assert resumed["reaction"] == alias and resumed["budget_left"] == 0
+            assert server.service.store.get(session_id).batch_size == 1  # kept on resume
             assert "budget exhausted" in await fails(
                 client, "train_candidate", session_id=session_id
             )
