@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .dataset import EPDataset
@@ -40,6 +41,18 @@ def _state_digest(state: dict[str, torch.Tensor] | None) -> str | None:
     return digest.hexdigest()
 
 
+def _dataset_digest(dataset: EPDataset) -> str:
+    """What identifies the data: its metadata (generator settings, seed), split and values.
+
+    A data set regenerated under the same name with other settings gets other fits."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(dataset.meta, sort_keys=True, default=str).encode())
+    digest.update(json.dumps(dataset.split.tolist()).encode())
+    observed = dataset.u if dataset.u is not None else dataset.extras.get("signals")
+    digest.update(np.ascontiguousarray(observed, dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
 def fit_key(
     spec: CandidateSpec,
     dataset: EPDataset,
@@ -51,7 +64,7 @@ def fit_key(
     settings.pop("device", None)  # the same numbers on any device, up to rounding
     identity = {
         "spec": spec.model_dump(mode="json", exclude={"parent_id"}),
-        "dataset": [dataset.name, dataset.meta.get("seed"), dataset.split.tolist()],
+        "dataset": _dataset_digest(dataset),
         "config": settings,
         "initial_state": _state_digest(initial_state),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -49,6 +50,9 @@ def test_fit_cache_trains_once_and_returns_the_same_fit(tiny, tmp_path):
     assert fit_key(spec, tiny, FAST, first.state_dict) != fit_key(spec, tiny, FAST)
     assert fit_key(spec, tiny, FAST) != fit_key(spec, tiny, TrainingConfig(epochs=3))
     assert fit_key(spec.model_copy(update={"seed": 4}), tiny, FAST) != fit_key(spec, tiny, FAST)
+    # the same name regenerated with other data is another fit
+    changed = dataclasses.replace(tiny, u=tiny.u * 0.5)
+    assert fit_key(spec, changed, FAST) != fit_key(spec, tiny, FAST)
 
 
 def test_fit_cache_ignores_a_torn_entry(tiny, tmp_path):
