@@ -19,18 +19,13 @@ from rich.console import Console
 from rich.table import Table
 
 from leads_engine.baselines import BASELINES, run_baseline
-from leads_engine.dataset import DatasetError, datasets_dir, load_dataset
-from leads_engine.generator import BenchmarkConfig, generate_benchmark
+from leads_engine.dataset import load_dataset
+from leads_engine.generator import benchmark_path
 from leads_engine.plots import plot_activation_comparison
 
 
 def _dataset(name: str):
-    try:
-        return load_dataset(name)
-    except DatasetError:
-        dataset = generate_benchmark(BenchmarkConfig(reaction=name), name=name)
-        dataset.save(datasets_dir() / f"{name}.npz")
-        return dataset
+    return load_dataset(benchmark_path(name))
 
 
 def main() -> None:

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import time
 
 import torch
 
-from leads_engine.dataset import DatasetError, datasets_dir, load_dataset
-from leads_engine.generator import BenchmarkConfig, generate_benchmark
+from leads_engine.dataset import load_dataset
+from leads_engine.generator import benchmark_path
 from leads_engine.spec import CandidateSpec
 from leads_engine.training import TrainingConfig, TrainingProgress, fit
 
@@ -40,23 +39,25 @@ def main() -> None:
     parser.add_argument(
         "--reaction-substeps", type=int, default=TrainingConfig.reaction_substeps
     )
+    parser.add_argument(
+        "--refresh-frames",
+        type=int,
+        default=TrainingConfig.conductance_refresh_frames,
+        help="frames over which conductances are held (default: the catalog's)",
+    )
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    try:
-        dataset = load_dataset(args.dataset)
-    except DatasetError:
-        print(f"generating {args.dataset} under {datasets_dir()} ...", file=sys.stderr)
-        dataset = generate_benchmark(BenchmarkConfig(reaction=args.dataset), name=args.dataset)
-        dataset.save(datasets_dir() / f"{args.dataset}.npz")
+    dataset = load_dataset(benchmark_path(args.dataset))
     reaction = args.reaction or dataset.meta["reaction"]
     config = TrainingConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
         steps_per_frame=args.steps_per_frame,
         reaction_substeps=args.reaction_substeps,
+        conductance_refresh_frames=args.refresh_frames,
         device=args.device,
         patience=args.epochs,
     )

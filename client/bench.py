@@ -50,6 +50,8 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .ui import QuietView
+
 __all__ = [
     "BenchConfig",
     "Check",
@@ -158,8 +160,8 @@ class Check:
 
 def prepare_datasets(config: BenchConfig, say: Callable[[str], None]) -> dict[str, Path]:
     """The data set file of each name: the bundled generator's sets, generated when missing."""
-    from leads_engine.dataset import DatasetError, datasets_dir, resolve_dataset_path
-    from leads_engine.generator import BenchmarkConfig, generate_benchmark
+    from leads_engine.dataset import datasets_dir
+    from leads_engine.generator import BenchmarkConfig, benchmark_path, generate_benchmark
     from leads_engine.mesh import make_lv_mesh
 
     paths: dict[str, Path] = {}
@@ -179,13 +181,8 @@ def prepare_datasets(config: BenchConfig, say: Callable[[str], None]) -> dict[st
                 generate_benchmark(benchmark, mesh=mesh, name=f"quick_{name}").save(path)
             paths[name] = path
             continue
-        try:
-            paths[name] = resolve_dataset_path(name)
-        except DatasetError:
-            say(f"generating the {name} benchmark set under {datasets_dir()}")
-            path = datasets_dir() / f"{name}.npz"
-            generate_benchmark(BenchmarkConfig(reaction=name), name=name).save(path)
-            paths[name] = path
+        say(f"data set {name} (generated under {datasets_dir()} when missing)")
+        paths[name] = benchmark_path(name)
     return paths
 
 
@@ -275,7 +272,7 @@ def _same_reaction(name: str, true_name: str) -> bool:
     return False
 
 
-class _ForwardingView:
+class _ForwardingView(QuietView):
     """A quiet run view that forwards the search's steps to the benchmark's progress line."""
 
     def __init__(self, say: Callable[[str], None]) -> None:
@@ -287,23 +284,11 @@ class _ForwardingView:
     def thought(self, step: int, text: str) -> None:
         self.say(f"step {step}: {text.splitlines()[0][:90] if text else ''}")
 
-    def candidates(self, rows: list[Any]) -> None:
-        """Nothing to show."""
-
-    async def progress(self, progress: float, total: float | None, message: str | None) -> None:
-        """Nothing to show."""
-
     def training(self, label: str, total: int) -> None:
         self.say(f"training {label}")
 
     def message(self, text: str) -> None:
         self.say(text)
-
-    def __enter__(self) -> _ForwardingView:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _unfinished_session(archive_path: Path) -> str | None:

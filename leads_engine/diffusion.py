@@ -59,11 +59,10 @@ class TemplateInfo:
     hyperparameters: dict[str, dict[str, Any]] = field(default_factory=dict)
     file: str = ""
 
-
     @property
     def refresh_frames(self) -> int:
         """Data frames over which the trainer holds this template's conductances (1: every
-        frame). Attention templates, whose evaluation dominates a fit, refresh every 2."""
+        frame). The neural templates, whose evaluation dominates a fit, refresh every 2."""
         if self.evaluation.startswith("every_") and self.evaluation.endswith("_frames"):
             return int(self.evaluation[len("every_") : -len("_frames")])
         return 1

@@ -20,13 +20,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from . import __version__
-from .dataset import SPLITS, EPDataset
+from .dataset import SPLITS, DatasetError, EPDataset, datasets_dir, resolve_dataset_path
 from .mesh import Mesh, bundled_mesh
 from .reactions import build_reaction, resolve_reaction_name
 from .simulator import Pacing, simulate
@@ -222,4 +223,23 @@ def generate_benchmark(
         split=split,
         conductivity=conductivity.sigma,
         meta=meta,
+    )
+
+
+def benchmark_path(name: str, progress: ProgressCallback | None = None) -> Path:
+    """The file of data set ``name``; a missing benchmark set (``ap``, ``rm``, ``ms``, ...) is
+    first generated with the default :class:`BenchmarkConfig` under ``$LEADS_HOME/datasets``.
+
+    Raises the lookup's :class:`DatasetError` when ``name`` is neither a data set nor a
+    reaction model to generate one for.
+    """
+    try:
+        return resolve_dataset_path(name)
+    except DatasetError as missing:
+        try:
+            config = BenchmarkConfig(reaction=name)
+        except (KeyError, ValueError):
+            raise missing from None
+    return generate_benchmark(config, progress=progress, name=name).save(
+        datasets_dir() / f"{name}.npz"
     )

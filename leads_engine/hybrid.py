@@ -11,7 +11,7 @@ sub-steps of its own per diffusion step. Every catalog template is flux-form,
 ``du_i/dt = (1/M_i) sum_j w_ij (u_j - u_i)``, with ``edge_conductance(u, graph) -> w``. The
 integrator is *multirate*: the conductances (a neural network's output: 10-70 ms per
 evaluation on a 20-sample batch) are evaluated once per frame (every 2 frames for the
-attention templates, the catalog's ``evaluation``) and held over its sub-steps,
+neural templates, the catalog's ``evaluation``) and held over its sub-steps,
 while the flux and the reaction are evaluated at every sub-step (for the physical templates
 the conductances do not depend on the state, so this is exact). Holding conductances rather
 than the rate keeps the explicit scheme stable (a held rate would be an explicit step of a

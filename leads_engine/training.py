@@ -261,14 +261,7 @@ def fit(
     observation = (observation or observation_for(dataset)).to(device)
     started = time.perf_counter()
     seed = spec.seed if config.seed is None else config.seed
-    model = HybridModel.from_spec(spec, dataset.n_nodes).to(device)
-    if config.conductance_refresh_frames is not None:
-        model.refresh_frames = config.conductance_refresh_frames
-    # Compile the integrator step only for catalog code: an edited template is trained inside
-    # the sandbox, which forbids the compiler's subprocesses and cache writes.
-    model.compile_step = config.compile and spec.diffusion_source is None
-    if initial_state is not None:
-        model.load_state_dict(initial_state)
+    model = load_model(spec, dataset, initial_state, config).to(device)
     graphs = GraphCache(dataset, device)
     optimizer = _optimizer(model, config)
     train_index = dataset.indices("train")
@@ -410,9 +403,19 @@ class Evaluation:
 
 
 def load_model(
-    spec: CandidateSpec, dataset: EPDataset, state_dict: dict[str, torch.Tensor] | None
+    spec: CandidateSpec,
+    dataset: EPDataset,
+    state_dict: dict[str, torch.Tensor] | None,
+    config: TrainingConfig | None = None,
 ) -> HybridModel:
+    """The spec's model with ``state_dict`` loaded and the integrator ``config`` asks for."""
+    config = config or TrainingConfig()
     model = HybridModel.from_spec(spec, dataset.n_nodes)
+    if config.conductance_refresh_frames is not None:
+        model.refresh_frames = config.conductance_refresh_frames
+    # Compile the integrator step only for catalog code: an edited template is trained inside
+    # the sandbox, which forbids the compiler's subprocesses and cache writes.
+    model.compile_step = config.compile and spec.diffusion_source is None
     if state_dict is not None:
         model.load_state_dict(state_dict)
     return model
@@ -453,10 +456,7 @@ def evaluate(
     config = config or TrainingConfig()
     device = config.torch_device()
     observation = observation or observation_for(dataset)
-    model = load_model(spec, dataset, state_dict).to(device).eval()
-    if config.conductance_refresh_frames is not None:
-        model.refresh_frames = config.conductance_refresh_frames
-    model.compile_step = config.compile and spec.diffusion_source is None
+    model = load_model(spec, dataset, state_dict, config).to(device).eval()
     indices = dataset.indices(split)
     graphs = GraphCache(dataset, device)
     with torch.no_grad():

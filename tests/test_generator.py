@@ -16,10 +16,11 @@ import torch
 from scipy.stats import spearmanr
 
 import leads_engine
-from leads_engine.dataset import load_dataset
+from leads_engine.dataset import DatasetError, load_dataset
 from leads_engine.generator import (
     BenchmarkConfig,
     assign_split,
+    benchmark_path,
     choose_pacing_sites,
     conductivity_map,
     generate_benchmark,
@@ -223,3 +224,19 @@ def test_default_benchmark_acceptance(heart, reaction):
     rho = [spearmanr(distances[i, healthy], at[i, healthy]).statistic for i in range(32)]
     assert min(rho) >= 0.9, f"worst sample {int(np.argmin(rho))}: rho {min(rho):.3f}"
     assert ds.u[:, -1].max() < 0.1  # fully repolarised inside the window
+
+
+def test_benchmark_path_generates_a_missing_benchmark_once(leads_home, small_set, monkeypatch):
+    made = []
+
+    def small_generation(config, progress=None, name=None):
+        made.append((config.reaction, name))
+        return small_set
+
+    monkeypatch.setattr(leads_engine.generator, "generate_benchmark", small_generation)
+    path = benchmark_path("ap")
+    assert path == leads_home / "datasets" / "ap.npz" and path.exists()
+    assert made == [("aliev_panfilov", "ap")]
+    assert benchmark_path("ap") == path and len(made) == 1  # found, not made again
+    with pytest.raises(DatasetError, match="no data set 'heart_of_glass'"):
+        benchmark_path("heart_of_glass")  # neither a data set nor a reaction model
