@@ -19,6 +19,7 @@ import time
 import torch
 
 from leads_engine.dataset import load_dataset
+from leads_engine.diffusion import template_info
 from leads_engine.generator import benchmark_path
 from leads_engine.spec import CandidateSpec
 from leads_engine.training import TrainingConfig, TrainingProgress, fit
@@ -34,11 +35,11 @@ def main() -> None:
     parser.add_argument("--reaction", help="reaction model (default: the data set's true one)")
     parser.add_argument("--diffusion", nargs="+", default=["gat"], help="template(s) to time")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=TrainingConfig.batch_size)
-    parser.add_argument("--steps-per-frame", type=int, default=TrainingConfig.steps_per_frame)
     parser.add_argument(
-        "--reaction-substeps", type=int, default=TrainingConfig.reaction_substeps
+        "--batch-size", type=int, default=None, help="default: each template's catalog batch size"
     )
+    parser.add_argument("--steps-per-frame", type=int, default=TrainingConfig.steps_per_frame)
+    parser.add_argument("--reaction-substeps", type=int, default=TrainingConfig.reaction_substeps)
     parser.add_argument(
         "--refresh-frames",
         type=int,
@@ -69,7 +70,7 @@ def main() -> None:
         f"data set {dataset.name}: {n_train} train / {n_val} val trajectories, {dataset.n_nodes} "
         f"nodes, {dataset.n_frames} frames, {steps} Euler steps of "
         f"{(dataset.t[1] - dataset.t[0]) / config.steps_per_frame:g} ms; device {device}, "
-        f"{args.threads} threads, batch {config.batch_size}"
+        f"{args.threads} threads, batch {config.batch_size or 'of each template'}"
     )
     for template in args.diffusion:
         spec = CandidateSpec(reaction=reaction, diffusion=template)
@@ -89,7 +90,8 @@ def main() -> None:
         node_steps = dataset.n_nodes * n_train * steps * len(epoch_times)
         total = sum(epoch_times)
         line = (
-            f"{reaction} + {template:<18} params {result.parameter_count:>6}  status "
+            f"{reaction} + {template:<18} params {result.parameter_count:>6}  batch "
+            f"{args.batch_size or template_info(template).batch_size:>2}  status "
             f"{result.status:<8} {result.wall_seconds:6.1f} s for {len(epoch_times)} epochs "
             f"({total / max(len(epoch_times), 1):5.1f} s/epoch)  "
             f"{node_steps / max(total, 1e-9):.3g} train node-steps/s  "

@@ -29,7 +29,7 @@ class RunConfig:
     budget: int = 15
     epochs: int = 3
     finetune: int = 10
-    batch_size: int = 10
+    batch_size: int | None = None  # None: each template's catalog batch size
     seed: int = 0
     anonymise: bool = True
     resume: str | None = None

@@ -110,7 +110,7 @@ class BenchConfig:
     epochs: int = 3
     finetune: int = 10
     budget: int = 15
-    batch_size: int = 10
+    batch_size: int | None = None  # None: each template's catalog batch size
     workers: int = 2
     quick: bool = False
     llm: str = "offline"
@@ -121,10 +121,10 @@ class BenchConfig:
     def quick_defaults(cls, out: Path, **overrides: Any) -> BenchConfig:
         """The CI-sized run: tiny mesh, short horizon, one seed, a shorter search.
 
-        The epochs and the 2 optimizer steps per epoch (10 training beats in batches of 5)
-        stay the full size's.
+        The epochs and each template's batch size stay the full size's (10 training beats:
+        5 optimizer steps per epoch for the physical templates, 1 for the neural ones).
         """
-        values: dict[str, Any] = {"seeds": (0,), "budget": 8, "batch_size": 5, "quick": True}
+        values: dict[str, Any] = {"seeds": (0,), "budget": 8, "quick": True}
         values.update(overrides)
         return cls(out=out, **values)
 

@@ -56,6 +56,8 @@ class TemplateInfo:
     equation: str
     family: str  # "physical" | "neural"
     evaluation: str  # "every_step" | "every_frame" | "every_<k>_frames"
+    #: trajectories per optimizer step when the training config leaves it open
+    batch_size: int = 10
     hyperparameters: dict[str, dict[str, Any]] = field(default_factory=dict)
     file: str = ""
 
@@ -89,6 +91,7 @@ def _catalog() -> tuple[TemplateInfo, ...]:
             equation=entry["equation"],
             family=entry["family"],
             evaluation=entry["evaluation"],
+            batch_size=int(entry.get("batch_size", 10)),
             hyperparameters=entry.get("hyperparameters", {}),
             file=entry["file"],
         )

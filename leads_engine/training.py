@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .dataset import EPDataset
+from .diffusion import template_info
 from .graph import MeshGraph
 from .hybrid import HybridModel
 from .metrics import ActivationError, activation_times, at_mae
@@ -44,10 +45,12 @@ class TrainingConfig:
     """Numerics and optimisation settings of a fit (defaults: the search's inner loop)."""
 
     epochs: int = 3
-    batch_size: int = 10
+    #: trajectories per optimizer step; ``None``: the diffusion template's catalog
+    #: ``batch_size`` (2 for the physical templates, 10 for the neural ones)
+    batch_size: int | None = None
     learning_rate: float = 1e-2
     physical_learning_rate: float = 2e-2
-    conductivity_learning_rate: float = 1e-1
+    conductivity_learning_rate: float = 3e-2
     grad_clip: float = 1.0
     #: learning rates follow a half cosine from their base value down to this fraction of it
     #: over the fit's batches (1.0: constant): large steps first, then settling into the minimum
@@ -271,7 +274,8 @@ def fit(
     val_targets = observation.targets(dataset, val_index).to(device)
     data_variance = float(val_targets.var())
     shuffler = torch.Generator().manual_seed(seed)
-    batches = math.ceil(len(train_index) / config.batch_size)
+    batch_size = config.batch_size or template_info(spec.diffusion).batch_size
+    batches = math.ceil(len(train_index) / batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         functools.partial(_cosine_factor, config.epochs * batches, config.final_lr_fraction),
@@ -290,7 +294,7 @@ def fit(
         epoch_loss = 0.0
         try:
             for b in range(batches):
-                batch = order[b * config.batch_size : (b + 1) * config.batch_size]
+                batch = order[b * batch_size : (b + 1) * batch_size]
                 targets = observation.targets(dataset, batch).to(device)
                 optimizer.zero_grad(set_to_none=True)
                 predicted = predict(model, dataset, batch, graphs, config)

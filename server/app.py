@@ -150,8 +150,14 @@ def build_server(
             int, Field(ge=1, le=100, description="training epochs per candidate")
         ] = 3,
         batch_size: Annotated[
-            int, Field(ge=1, le=256, description="trajectories per optimizer step")
-        ] = 10,
+            int | None,
+            Field(
+                ge=1,
+                le=256,
+                description="trajectories per optimizer step; default: each diffusion "
+                "template's own (catalog batch_size: 2 physical, 10 neural)",
+            ),
+        ] = None,
     ) -> SessionStarted:
         """Start a discovery session on a data set; returns its session_id and budget."""
         return await _tool(

@@ -54,7 +54,7 @@ class Job:
     spec_json: str = ""
     dataset_path: str = ""
     epochs: int = 3
-    batch_size: int = 10
+    batch_size: int | None = None  # None: the template's catalog batch size
     split: str = "test"
     initial_weights: bytes | None = field(default=None, repr=False)
     sample: int = 0

@@ -121,6 +121,10 @@ class DiffusionEntry(_Output):
         description="type, default, min/max or choices, description of each hyper-parameter"
     )
     source_uri: str = Field(description="resource with the template's Python source")
+    batch_size: int = Field(
+        description="trajectories per optimizer step when training this template (unless the "
+        "session sets one): small for physical templates, which gain from many steps"
+    )
 
 
 class CatalogsResult(_Output):

@@ -119,7 +119,8 @@ class DiscoverySession:
     epochs: int
     seed: int
     aliases: ReactionAliases
-    batch_size: int = 10
+    #: trajectories per optimizer step; None: each template's catalog ``batch_size``
+    batch_size: int | None = None
     steps_used: int = 0
     draft: Draft = field(default_factory=Draft)
     last_candidate_id: str | None = None
@@ -246,7 +247,7 @@ class DiscoveryService:
             epochs=int(config.get("epochs", 3)),
             seed=int(row["seed"] or 0),
             aliases=ReactionAliases(config.get("aliases") or {}),
-            batch_size=int(config.get("batch_size", 10)),
+            batch_size=config.get("batch_size"),
             steps_used=sum(
                 c["operation"] in SEARCH_OPERATIONS and c["status"] != "refused" for c in candidates
             ),
@@ -353,6 +354,7 @@ class DiscoveryService:
                 equation=info.equation,
                 hyperparameters=info.hyperparameters,
                 source_uri=f"catalog://diffusion/{info.name}",
+                batch_size=info.batch_size,
             )
             for info in diffusion_catalog.list_templates()
         ]
@@ -413,7 +415,7 @@ class DiscoveryService:
         seed: int = 0,
         epochs: int = 3,
         progress: ProgressCallback | None = None,
-        batch_size: int = 10,
+        batch_size: int | None = None,
     ) -> SessionStarted:
         """Open a session on a data set (generating a missing benchmark set first)."""
         path, generated = await self._resolve_dataset(dataset, progress)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from leads_engine.baselines import BASELINES, baseline_candidates, run_baseline
+from leads_engine.diffusion import template_info
 from leads_engine.generator import BenchmarkConfig, generate_benchmark
 from leads_engine.graph import MeshGraph
 from leads_engine.hybrid import HybridModel
@@ -75,6 +76,23 @@ def test_fit_reports_curves_progress_and_keeps_the_best_epoch(tiny):
         "underfitting",
         "overfitting",
     }
+
+
+def test_without_a_batch_size_each_template_trains_with_its_catalog_batch(tiny):
+    """Physical templates take many small steps (batch 2), neural ones batches of 10;
+    an explicit batch size overrides both."""
+    assert template_info("laplacian_nodewise").batch_size == 2
+    assert template_info("gcn").batch_size == 10
+
+    def batches(diffusion: str, batch_size: int | None) -> int:
+        events: list[TrainingProgress] = []
+        config = TrainingConfig(epochs=1, batch_size=batch_size, compile=False)
+        fit(CandidateSpec(reaction="ap", diffusion=diffusion), tiny, config, events.append)
+        return [e for e in events if e.phase == "train"][0].batches
+
+    assert batches("laplacian_nodewise", None) == 2  # 3 training beats in batches of 2
+    assert batches("gcn", None) == 1  # 3 training beats in one batch of (up to) 10
+    assert batches("gcn", 1) == 3
 
 
 def test_training_lowers_the_loss_of_the_physics_oracle(tiny):
@@ -200,9 +218,12 @@ def test_stiff_reaction_is_sub_stepped_to_track_the_data(small_mesh):
         reaction="ms", n_samples=3, split_sizes=(1, 1, 1), duration_ms=60.0, seed=1
     )
     dataset = generate_benchmark(config, mesh=small_mesh, name="tiny_ms")
-    assert HybridModel.from_spec(
-        CandidateSpec(reaction="ms", diffusion="laplacian_global"), dataset.n_nodes
-    ).reaction.reaction_substeps(0.4) == 4
+    assert (
+        HybridModel.from_spec(
+            CandidateSpec(reaction="ms", diffusion="laplacian_global"), dataset.n_nodes
+        ).reaction.reaction_substeps(0.4)
+        == 4
+    )
     plain, plain_at = _true_structure_mse(dataset, reaction_substeps=1)
     substepped, substepped_at = _true_structure_mse(dataset)
     assert substepped < plain / 10
