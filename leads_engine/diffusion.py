@@ -56,8 +56,10 @@ class TemplateInfo:
     equation: str
     family: str  # "physical" | "neural"
     evaluation: str  # "every_step" | "every_frame" | "every_<k>_frames"
-    #: trajectories per optimizer step when the training config leaves it open
+    #: trajectories per optimizer step, and the Adam step of the template's ``raw_``
+    #: conductivity parameters, when the training config leaves them open
     batch_size: int = 10
+    conductivity_learning_rate: float = 0.1
     hyperparameters: dict[str, dict[str, Any]] = field(default_factory=dict)
     file: str = ""
 
@@ -92,6 +94,7 @@ def _catalog() -> tuple[TemplateInfo, ...]:
             family=entry["family"],
             evaluation=entry["evaluation"],
             batch_size=int(entry.get("batch_size", 10)),
+            conductivity_learning_rate=float(entry.get("conductivity_learning_rate", 0.1)),
             hyperparameters=entry.get("hyperparameters", {}),
             file=entry["file"],
         )

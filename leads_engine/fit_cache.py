@@ -59,8 +59,10 @@ def fit_key(
     config: TrainingConfig,
     initial_state: dict[str, torch.Tensor] | None = None,
 ) -> str:
-    """Identity of a fit: spec, data set (name and split), training settings and start."""
-    settings = dataclasses.asdict(config)
+    """Identity of a fit: spec, data set (name and split), training settings and start.
+
+    The settings are those the fit uses: what ``config`` leaves open is the template's."""
+    settings = dataclasses.asdict(config.for_template(spec.diffusion))
     settings.pop("device", None)  # the same numbers on any device, up to rounding
     identity = {
         "spec": spec.model_dump(mode="json", exclude={"parent_id"}),

@@ -17,7 +17,7 @@ import functools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -50,7 +50,9 @@ class TrainingConfig:
     batch_size: int | None = None
     learning_rate: float = 1e-2
     physical_learning_rate: float = 2e-2
-    conductivity_learning_rate: float = 3e-2
+    #: Adam step of the diffusion's ``raw_`` conductivity parameters; ``None``: the
+    #: template's catalog value (0.03 for the physical templates, 0.1 for the neural ones)
+    conductivity_learning_rate: float | None = None
     grad_clip: float = 1.0
     #: learning rates follow a half cosine from their base value down to this fraction of it
     #: over the fit's batches (1.0: constant): large steps first, then settling into the minimum
@@ -66,6 +68,17 @@ class TrainingConfig:
     compile: bool = True
     device: str | None = None
     seed: int | None = None
+
+    def for_template(self, template: str) -> TrainingConfig:
+        """This config with what it leaves open (``None``) taken from the template's catalog
+        entry: the settings a fit of that template actually uses."""
+        info = template_info(template)
+        return replace(
+            self,
+            batch_size=self.batch_size or info.batch_size,
+            conductivity_learning_rate=self.conductivity_learning_rate
+            or info.conductivity_learning_rate,
+        )
 
     def torch_device(self) -> torch.device:
         if self.device:
@@ -259,7 +272,7 @@ def fit(
 
     ``observation`` defaults to the data set's own operator (:func:`observation_for`).
     """
-    config = config or TrainingConfig()
+    config = (config or TrainingConfig()).for_template(spec.diffusion)
     device = config.torch_device()
     observation = (observation or observation_for(dataset)).to(device)
     started = time.perf_counter()
@@ -274,7 +287,7 @@ def fit(
     val_targets = observation.targets(dataset, val_index).to(device)
     data_variance = float(val_targets.var())
     shuffler = torch.Generator().manual_seed(seed)
-    batch_size = config.batch_size or template_info(spec.diffusion).batch_size
+    batch_size = config.batch_size
     batches = math.ceil(len(train_index) / batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,

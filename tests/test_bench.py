@@ -53,6 +53,12 @@ def test_fit_cache_trains_once_and_returns_the_same_fit(tiny, tmp_path):
     # the same name regenerated with other data is another fit
     changed = dataclasses.replace(tiny, u=tiny.u * 0.5)
     assert fit_key(spec, changed, FAST) != fit_key(spec, tiny, FAST)
+    # settings left to the template and the template's own, spelt out, are the same fit
+    default = TrainingConfig(epochs=3)
+    spelt_out = TrainingConfig(epochs=3, batch_size=2, conductivity_learning_rate=0.03)
+    assert fit_key(spec, tiny, default) == fit_key(spec, tiny, spelt_out)
+    gat = spec.model_copy(update={"diffusion": "gat"})
+    assert fit_key(gat, tiny, default) != fit_key(gat, tiny, spelt_out)
 
 
 def test_fit_cache_ignores_a_torn_entry(tiny, tmp_path):

@@ -81,8 +81,11 @@ def test_fit_reports_curves_progress_and_keeps_the_best_epoch(tiny):
 def test_without_a_batch_size_each_template_trains_with_its_catalog_batch(tiny):
     """Physical templates take many small steps (batch 2), neural ones batches of 10;
     an explicit batch size overrides both."""
-    assert template_info("laplacian_nodewise").batch_size == 2
-    assert template_info("gcn").batch_size == 10
+    physical, neural = template_info("laplacian_nodewise"), template_info("gcn")
+    assert (physical.batch_size, physical.conductivity_learning_rate) == (2, 0.03)
+    assert (neural.batch_size, neural.conductivity_learning_rate) == (10, 0.1)
+    resolved = TrainingConfig(conductivity_learning_rate=0.05).for_template("gat")
+    assert (resolved.batch_size, resolved.conductivity_learning_rate) == (10, 0.05)
 
     def batches(diffusion: str, batch_size: int | None) -> int:
         events: list[TrainingProgress] = []
