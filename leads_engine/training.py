@@ -287,7 +287,7 @@ def fit(
     val_targets = observation.targets(dataset, val_index).to(device)
     data_variance = float(val_targets.var())
     shuffler = torch.Generator().manual_seed(seed)
-    batch_size = config.batch_size
+    batch_size = int(config.batch_size)  # resolved by for_template
     batches = math.ceil(len(train_index) / batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
