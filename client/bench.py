@@ -38,6 +38,7 @@ import platform
 import queue
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -747,6 +748,19 @@ def run_bench(
     )
 
 
+def _stop_with_parent(parent: int) -> None:
+    """Pool initializer: end this worker once the bench process is gone (killed, even with
+    SIGKILL, or crashed), so that no orphan keeps a core busy. Finished runs are on disk;
+    the run it was doing is redone on resume."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="leads-bench-parent-watch", daemon=True).start()
+
+
 def _execute(
     todo: list[Run], dataset_paths: dict[str, Path], config: BenchConfig, console: Console
 ) -> dict[str, str]:
@@ -755,7 +769,12 @@ def _execute(
     context = get_context("spawn")
     with (
         context.Manager() as manager,
-        ProcessPoolExecutor(max_workers=max(1, config.workers), mp_context=context) as pool,
+        ProcessPoolExecutor(
+            max_workers=max(1, config.workers),
+            mp_context=context,
+            initializer=_stop_with_parent,
+            initargs=(os.getpid(),),
+        ) as pool,
         Progress(
             TextColumn("{task.description}"),
             BarColumn(),
