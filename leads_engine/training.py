@@ -73,11 +73,11 @@ class TrainingConfig:
         """This config with what it leaves open (``None``) taken from the template's catalog
         entry: the settings a fit of that template actually uses."""
         info = template_info(template)
+        batch_size, rate = self.batch_size, self.conductivity_learning_rate
         return replace(
             self,
-            batch_size=self.batch_size or info.batch_size,
-            conductivity_learning_rate=self.conductivity_learning_rate
-            or info.conductivity_learning_rate,
+            batch_size=info.batch_size if batch_size is None else batch_size,
+            conductivity_learning_rate=info.conductivity_learning_rate if rate is None else rate,
         )
 
     def torch_device(self) -> torch.device:

@@ -86,6 +86,8 @@ def test_without_a_batch_size_each_template_trains_with_its_catalog_batch(tiny):
     assert (neural.batch_size, neural.conductivity_learning_rate) == (10, 0.1)
     resolved = TrainingConfig(conductivity_learning_rate=0.05).for_template("gat")
     assert (resolved.batch_size, resolved.conductivity_learning_rate) == (10, 0.05)
+    frozen = TrainingConfig(conductivity_learning_rate=0.0).for_template("laplacian_global")
+    assert frozen.conductivity_learning_rate == 0.0  # an explicit 0 is kept, not "left open"
 
     def batches(diffusion: str, batch_size: int | None) -> int:
         events: list[TrainingProgress] = []
