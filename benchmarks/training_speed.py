@@ -19,7 +19,6 @@ import time
 import torch
 
 from leads_engine.dataset import load_dataset
-from leads_engine.diffusion import template_info
 from leads_engine.generator import benchmark_path
 from leads_engine.spec import CandidateSpec
 from leads_engine.training import TrainingConfig, TrainingProgress, fit
@@ -91,7 +90,7 @@ def main() -> None:
         total = sum(epoch_times)
         line = (
             f"{reaction} + {template:<18} params {result.parameter_count:>6}  batch "
-            f"{args.batch_size or template_info(template).batch_size:>2}  status "
+            f"{config.for_template(template).batch_size:>2}  status "
             f"{result.status:<8} {result.wall_seconds:6.1f} s for {len(epoch_times)} epochs "
             f"({total / max(len(epoch_times), 1):5.1f} s/epoch)  "
             f"{node_steps / max(total, 1e-9):.3g} train node-steps/s  "

@@ -177,6 +177,13 @@ class ActivationError:
     n_missing_pred: int
     n_missing_true: int
 
+    @property
+    def missed_fraction(self) -> float:
+        """Share of the truly activated entries the prediction never activates (``mae`` is
+        over the entries activated in both, so a model without a wave has a small ``mae``)."""
+        activated = self.n_compared + self.n_missing_pred
+        return self.n_missing_pred / activated if activated else 0.0
+
     def as_dict(self) -> dict[str, float | int]:
         """Plain ``dict`` of the fields (e.g. for JSON logging)."""
         return asdict(self)

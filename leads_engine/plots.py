@@ -297,7 +297,7 @@ def plot_activation_grid(
             ax = fig.add_subplot(len(rows), columns, r * columns + c + 1, projection="3d")
             _draw_surface(ax, pts, faces, at, norm, cmap, elev, azim)
             error = at_mae(at, reference)
-            missed = error.n_missing_pred / max(error.n_compared + error.n_missing_pred, 1)
+            missed = error.missed_fraction
             note = "" if c == 0 else f"\nAT MAE {error.mae:.2f} ms"
             note += f", {missed:.0%} never activated" if missed >= 0.005 else ""
             ax.set_title(f"{label}: {title}{note}", fontsize=8)

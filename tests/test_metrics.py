@@ -140,6 +140,8 @@ def test_at_mae_hand_made() -> None:
     # Compared: |2|, |3|, |0|, |1|, |4| -> mean 2.0
     assert err == ActivationError(mae=2.0, n_compared=5, n_missing_pred=2, n_missing_true=1)
     assert err.as_dict() == {"mae": 2.0, "n_compared": 5, "n_missing_pred": 2, "n_missing_true": 1}
+    assert err.missed_fraction == pytest.approx(2 / 7)  # 7 truly activated, 2 never were
+    assert ActivationError(math.nan, 0, 0, 3).missed_fraction == 0.0
     with pytest.raises(AttributeError):
         err.mae = 0.0  # type: ignore[misc]
 
