@@ -3,7 +3,9 @@
 A batch of ``B`` samples on the same mesh is the disjoint union of ``B`` copies of the mesh
 graph (PyG's usual batching): node ``n`` of sample ``b`` is row ``b * N + n`` and node
 features are ``[B * N, channels]``. Fixed sparse operators are prebuilt once per batch size as
-block-diagonal sparse CSR matrices, the fast path of PyG layers that accept an ``adj_t``:
+block-diagonal sparse CSR matrices, the fast path of PyG layers that accept an ``adj_t``.
+They are :class:`~leads_engine.graph_operator.GraphOperator` tensors, whose products with node
+features differentiate without rebuilding the matrix's transpose at every backward:
 
 * ``adj_t``: binary adjacency;
 * ``gcn_adj_t``: ``D^{-1/2} (A + I) D^{-1/2}`` (use with ``GCNConv(normalize=False)``);
@@ -28,13 +30,13 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .graph_operator import GraphOperator
 from .mesh import Mesh
-from .simulator import to_torch_csr
 
 
-def _block_diagonal_csr(matrix: sp.spmatrix, batch_size: int, dtype, device) -> torch.Tensor:
-    """``batch_size`` copies of ``matrix`` on the diagonal, as a torch sparse CSR tensor."""
-    return to_torch_csr(sp.block_diag([matrix] * batch_size), dtype, device)
+def _block_diagonal(matrix: sp.spmatrix, batch_size: int, dtype, device) -> GraphOperator:
+    """``batch_size`` copies of ``matrix`` on the diagonal, as a sparse CSR graph operator."""
+    return GraphOperator.from_scipy(sp.block_diag([matrix] * batch_size), dtype, device)
 
 
 def conductance_map(mesh: Mesh) -> sp.csr_matrix:
@@ -96,9 +98,9 @@ class MeshGraph:
     inverse_mass: torch.Tensor
     inverse_degree: torch.Tensor
     pos: torch.Tensor
-    adj_t: torch.Tensor
-    gcn_adj_t: torch.Tensor
-    mean_adj_t: torch.Tensor
+    adj_t: GraphOperator
+    gcn_adj_t: GraphOperator
+    mean_adj_t: GraphOperator
     conductance_nodes: torch.Tensor
     conductance_coefficients: torch.Tensor
     mean_edge_length: float
@@ -142,9 +144,9 @@ class MeshGraph:
             inverse_mass=tensor(np.tile(1.0 / mesh.lumped_mass(), b)).unsqueeze(1),
             inverse_degree=tensor(np.tile(1.0 / degree, b)).unsqueeze(1),
             pos=tensor(np.tile(mesh.points, (b, 1))),
-            adj_t=_block_diagonal_csr(adjacency, b, dtype, device),
-            gcn_adj_t=_block_diagonal_csr(gcn, b, dtype, device),
-            mean_adj_t=_block_diagonal_csr(mean, b, dtype, device),
+            adj_t=_block_diagonal(adjacency, b, dtype, device),
+            gcn_adj_t=_block_diagonal(gcn, b, dtype, device),
+            mean_adj_t=_block_diagonal(mean, b, dtype, device),
             conductance_nodes=torch.as_tensor(nodes, dtype=torch.int64, device=device),
             conductance_coefficients=tensor(coefficients),
             mean_edge_length=float(mesh.mean_edge_length),
