@@ -58,8 +58,8 @@ class TemplateInfo:
     evaluation: str  # "every_step" | "every_frame" | "every_<k>_frames"
     #: trajectories per optimizer step, and the Adam step of the template's ``raw_``
     #: conductivity parameters, when the training config leaves them open
-    batch_size: int = 10
-    conductivity_learning_rate: float = 0.1
+    batch_size: int
+    conductivity_learning_rate: float
     hyperparameters: dict[str, dict[str, Any]] = field(default_factory=dict)
     file: str = ""
 
@@ -93,8 +93,8 @@ def _catalog() -> tuple[TemplateInfo, ...]:
             equation=entry["equation"],
             family=entry["family"],
             evaluation=entry["evaluation"],
-            batch_size=int(entry.get("batch_size", 10)),
-            conductivity_learning_rate=float(entry.get("conductivity_learning_rate", 0.1)),
+            batch_size=int(entry["batch_size"]),
+            conductivity_learning_rate=float(entry["conductivity_learning_rate"]),
             hyperparameters=entry.get("hyperparameters", {}),
             file=entry["file"],
         )
