@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from .connection import ServerConnection, ToolResult
 from .errors import AgentError
+from .home import leads_home
 from .policy import Policy, Usage
 from .state import NOT_TRAINED, Candidate, Decision, SearchState, ToolCall, rows_to_dicts
 
@@ -139,15 +140,6 @@ class RunView(Protocol):
     def training(self, label: str, total: int) -> None: ...
 
     def message(self, text: str) -> None: ...
-
-
-_BENCHMARK_REACTIONS = {
-    "ap": "aliev_panfilov",
-    "rm": "rogers_mcculloch",
-    "ms": "mitchell_schaeffer",
-    "fhn": "fitzhugh_nagumo",
-    "fk": "fenton_karma",
-}
 
 
 def _sql_text(value: str) -> str:
@@ -493,7 +485,6 @@ async def run_search(
     if config.use_true_reaction:
         true = find_true_reaction(run.session_info)
         known = run.base_state(1, []).reactions
-        true = _BENCHMARK_REACTIONS.get(true or "", true)
         if not true or true not in known:
             raise AgentError(
                 f"the data set does not name its true reaction (found {true!r}); the physics, "
@@ -561,7 +552,4 @@ def report_folder(base: str | None, session_id: str) -> Path:
     """``--report DIR`` or ``$LEADS_HOME/reports/<session_id>``."""
     if base:
         return Path(base)
-    import os
-
-    home = Path(os.environ.get("LEADS_HOME") or Path.home() / ".leads")
-    return home / "reports" / session_id
+    return leads_home() / "reports" / session_id

@@ -25,6 +25,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 from .errors import AgentError
+from .home import leads_home
 
 __all__ = ["ProgressCallback", "ServerConnection", "ToolResult", "ToolSpec", "connect"]
 
@@ -135,13 +136,6 @@ class ServerConnection:
             return ToolResult(ok=False, text=f"{type(exc).__name__}: {exc}")
         return _parse_result(result)
 
-    async def call_data(self, name: str, arguments: dict[str, Any] | None = None) -> Any:
-        """Call a tool that must succeed and return its data; raise :class:`AgentError`."""
-        result = await self.call(name, arguments)
-        if not result.ok:
-            raise AgentError(f"the server refused {name}: {result.text or result.data}")
-        return result.data
-
     async def has_resource_template(self, fragment: str) -> bool:
         """Whether the server lists a resource template containing ``fragment``."""
         try:
@@ -219,8 +213,7 @@ async def connect(
 
 def server_log_path() -> Path:
     """Where the bundled server's stderr goes: ``$LEADS_HOME/logs/leads-server.log``."""
-    home = Path(os.environ.get("LEADS_HOME", Path.home() / ".leads")).expanduser()
-    return home / "logs" / "leads-server.log"
+    return leads_home() / "logs" / "leads-server.log"
 
 
 def _last_log_line(path: Path) -> str:

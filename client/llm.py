@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import email.utils
-import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -316,8 +315,3 @@ class LLMPolicy:
     def record_outcome(self, state: SearchState, decision: Decision, observation: str) -> None:
         """Remember the training result for the next step's prompt."""
         self.last_observation = observation
-
-
-def dump_arguments(arguments: Any) -> str:
-    """Compact JSON of tool arguments."""
-    return json.dumps(arguments, separators=(",", ":"), default=str)

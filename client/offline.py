@@ -189,7 +189,7 @@ class _Planner:
             c
             for c in self.trained
             if c.diffusion == diffusion
-            and c.operation in ("select", "baseline")
+            and c.operation == "select"
             and not c.edited
             and c.reaction in self.state.reactions
         ]

@@ -22,7 +22,10 @@ __all__ = [
     "rows_to_dicts",
 ]
 
-SEARCH_OPERATIONS = ("select", "refine", "modify", "simplify", "baseline")
+#: Operations that spend a step of the search budget. The same list as the engine's
+#: ``leads_engine.spec.SEARCH_OPERATIONS`` (the client cannot import the engine;
+#: ``tests/test_state.py`` checks that the two agree).
+SEARCH_OPERATIONS = ("select", "refine", "modify", "simplify")
 VERDICTS = ("good_fit", "overfitting", "underfitting", "unstable", "failed")
 
 

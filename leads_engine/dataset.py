@@ -70,8 +70,10 @@ class DatasetError(ValueError):
 
 
 def leads_home() -> Path:
-    """Root folder for data sets and archives: ``$LEADS_HOME``, default ``~/.leads``."""
-    return Path(os.environ.get("LEADS_HOME", Path.home() / ".leads")).expanduser()
+    """Root folder for data sets, archives, runs and reports: ``$LEADS_HOME``, default
+    ``~/.leads``. An unset or blank variable means the default; ``~`` is expanded."""
+    value = os.environ.get("LEADS_HOME", "").strip()
+    return Path(value).expanduser() if value else Path.home() / ".leads"
 
 
 def datasets_dir() -> Path:

@@ -38,6 +38,17 @@ def small_mesh() -> Mesh:
     return make_lv_mesh(200)
 
 
+@pytest.fixture(scope="session")
+def tiny(small_mesh):
+    """An Aliev-Panfilov set on the 200-node mesh: 6 samples (split 3/2/1), 60 ms."""
+    from leads_engine.generator import BenchmarkConfig, generate_benchmark
+
+    config = BenchmarkConfig(
+        reaction="ap", n_samples=6, split_sizes=(3, 2, 1), duration_ms=60.0, seed=3
+    )
+    return generate_benchmark(config, mesh=small_mesh, name="tiny")
+
+
 @pytest.fixture
 def leads_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """``$LEADS_HOME`` pointed at a fresh temporary folder."""

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 
-from leads_engine.generator import BenchmarkConfig, generate_benchmark
 from leads_engine.graph import MeshGraph
 from leads_engine.hybrid import HybridModel
 from leads_engine.reactions import build_reaction
@@ -42,15 +41,6 @@ def _max_diff(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> flo
     a = torch.as_tensor(a).detach().cpu().double()
     b = torch.as_tensor(b).detach().cpu().double()
     return float((a - b).abs().max())
-
-
-@pytest.fixture(scope="module")
-def tiny(small_mesh):
-    """The Aliev-Panfilov set of tests/test_training.py: 200 nodes, 6 samples, 60 ms."""
-    config = BenchmarkConfig(
-        reaction="ap", n_samples=6, split_sizes=(3, 2, 1), duration_ms=60.0, seed=3
-    )
-    return generate_benchmark(config, mesh=small_mesh, name="tiny")
 
 
 # ---- forward simulation ----------------------------------------------------------------------
