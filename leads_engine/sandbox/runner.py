@@ -344,6 +344,7 @@ class Worker:
         self._start_method, self._prefix = start_method, prefix
         self._lock = threading.RLock()
         self._process: Any = None
+        self._pid: int | None = None
         self._receiver: Any = None
         self._workdir: str | None = None
         self._deadline = math.inf
@@ -354,7 +355,12 @@ class Worker:
     @property
     def pid(self) -> int | None:
         """The worker's process id (also its process group's), once started."""
-        return None if self._process is None else self._process.pid
+        return self._pid
+
+    @property
+    def workdir(self) -> str | None:
+        """The worker's private folder, once started (deleted when the worker stops)."""
+        return self._workdir
 
     # -- steps -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -382,6 +388,7 @@ class Worker:
             )
             try:
                 self._process.start()
+                self._pid = self._process.pid
             finally:
                 sender.close()
             self._set_deadline(time.monotonic() + SETUP_SECONDS)
@@ -421,7 +428,10 @@ class Worker:
     def kill(self) -> None:
         """SIGKILL to the worker's process group, at once (safe from any thread)."""
         process = self._process
-        if process is None or process.exitcode is not None:
+        try:
+            if process is None or process.exitcode is not None:
+                return
+        except ValueError:  # already closed by stop()
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
