@@ -350,6 +350,7 @@ class Worker:
         self._deadline = math.inf
         self._started = False
         self._stopped = False
+        self._reaped = False
         self._watchdog: threading.Timer | None = None
 
     @property
@@ -426,17 +427,15 @@ class Worker:
                     raise self._fail(SandboxError("malformed message from the worker", "crashed"))
 
     def kill(self) -> None:
-        """SIGKILL to the worker's process group, at once (safe from any thread)."""
-        process = self._process
-        try:
-            if process is None or process.exitcode is not None:
-                return
-        except ValueError:  # already closed by stop()
+        """SIGKILL to the worker's process group, at once (safe from any thread: it never
+        waits for the process, and never signals one that was already reaped)."""
+        pid = self._pid
+        if pid is None or self._reaped:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            process.kill()
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)  # before its setsid(), the group is not its own yet
 
     def stop(self) -> None:
         """Kill the worker's process group, reap it, close the pipe, delete the private folder.
@@ -450,8 +449,7 @@ class Worker:
                 self._watchdog.cancel()
             if self._process is not None:
                 self.kill()
-                with contextlib.suppress(Exception):
-                    self._process.join(5.0)
+                self._join(5.0)
                 with contextlib.suppress(Exception):
                     self._process.close()
             if self._receiver is not None:
@@ -507,6 +505,13 @@ class Worker:
             self._watchdog.daemon = True
             self._watchdog.start()
 
+    def _join(self, seconds: float) -> None:
+        """Wait for the worker to exit and reap it (callers hold the lock)."""
+        with contextlib.suppress(Exception):
+            self._process.join(seconds)
+            if self._process.exitcode is not None:
+                self._reaped = True
+
     def _deadline_failure(self) -> SandboxError:
         if self._started:
             return SandboxError(timeout_cause(self.timeout_s or 0.0).message, "timeout")
@@ -521,8 +526,7 @@ class Worker:
         try:
             raw = self._receiver.recv_bytes(MAX_MESSAGE_BYTES)
         except EOFError:
-            with contextlib.suppress(Exception):
-                self._process.join(5.0)
+            self._join(5.0)
             raise self._fail(worker_died(self._process.exitcode)) from None
         except OSError as exc:
             raise self._fail(
@@ -550,14 +554,12 @@ class Worker:
     def _fail(self, error: SandboxError) -> SandboxError:
         """Kill the worker and attach its output tail to ``error``."""
         self.kill()
-        with contextlib.suppress(Exception):
-            self._process.join(5.0)
+        self._join(5.0)
         error.output = self._output()
         return error
 
     def _outcome(self, reply: dict[str, Any]) -> WorkerOutcome:
-        with contextlib.suppress(Exception):
-            self._process.join(2.0)
+        self._join(2.0)
         self.kill()
         output = self._output()
         if "ok" not in reply:
