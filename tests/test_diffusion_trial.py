@@ -1,4 +1,4 @@
-"""The code sandbox: static rules, the sandboxed worker and the hostile-input corpus.
+"""The diffusion trial run (``leads_engine.diffusion_trial``) and the hostile-input corpus.
 
 Every file in ``tests/hostile/`` is a full template-shaped source with three header lines:
 
@@ -15,24 +15,21 @@ process still validates a legitimate edit.
 
 from __future__ import annotations
 
-import math
 import os
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from leads_engine.diffusion import list_templates, template_source
+from leads_engine.diffusion_trial import dynamic_check, validate_diffusion_source
 from leads_engine.sandbox import (
     EDITED_FILENAME,
     SandboxError,
     SandboxLimits,
     Violation,
-    _dynamic_check,
     check_source,
     run_sandboxed,
-    validate_diffusion_source,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,7 +107,7 @@ def test_hostile_source_is_contained_without_static_checks(path: Path):
     """Defence in depth: the worker alone also stops what the static rules refuse."""
     source, _, phrases = load_entry(path)
     try:
-        result = run_sandboxed(_dynamic_check, source, {}, limits=LIMITS, timeout_s=TIMEOUT)
+        result = run_sandboxed(dynamic_check, source, {}, limits=LIMITS, timeout_s=TIMEOUT)
         assert not result["accepted"], result
         text = f"{result['rule']} {result['message']}".lower()
     except SandboxError as exc:
@@ -119,44 +116,6 @@ def test_hostile_source_is_contained_without_static_checks(path: Path):
 
 
 # ----------------------------------------------------------------------------- feedback
-
-
-def test_static_violation_names_line_and_rule():
-    source = template_source("laplacian_global").replace(
-        "        super().__init__()\n",
-        "        super().__init__()\n        self.leak = torch.os.environ\n",
-    )
-    line = source.splitlines().index("        self.leak = torch.os.environ") + 1
-    violations = check_source(source)
-    assert Violation(line, "forbidden-attribute", violations[0].message) in violations
-    assert "line" in str(violations[0]) and "forbidden-attribute" in str(violations[0])
-
-
-@pytest.mark.parametrize(
-    ("source", "rule"),
-    [
-        ("x = (", "syntax"),
-        ("import torch\n", "interface"),
-        ("import numpy\n", "import-not-allowed"),
-        ("print('hi')\n", "module-side-effect"),
-        ("def f():\n    global x\n", "forbidden-statement"),
-        ("def f(x):\n    return x._modules\n", "no-private"),
-        ("def f(x):\n    return type('A', (), {})\n", "forbidden-call"),
-        ("x = 1\n" * 20_000, "too-large"),
-    ],
-)
-def test_static_rules(source: str, rule: str):
-    assert rule in {v.rule for v in check_source(source)}
-
-
-def test_interface_signatures():
-    base = template_source("laplacian_global")
-    bad_forward = base.replace("def forward(self, u: torch.Tensor, graph)", "def forward(self, u)")
-    assert "interface" in {v.rule for v in check_source(bad_forward)}
-    bad_init = base.replace("conductivity: float = 1.0", "conductivity: float")
-    assert "interface" in {v.rule for v in check_source(bad_init)}
-    twice = base + "\n\nclass Diffusion(nn.Module):\n    pass\n"
-    assert "interface" in {v.rule for v in check_source(twice)}
 
 
 def test_runtime_error_reports_line_and_trimmed_traceback():
@@ -171,7 +130,8 @@ def test_runtime_error_reports_line_and_trimmed_traceback():
     assert report.violations[0].rule == "runtime-error"
     assert report.violations[0].line == line
     assert f"line {line}, in forward" in report.traceback
-    assert "site-packages" not in report.traceback and "sandbox.py" not in report.traceback
+    assert "site-packages" not in report.traceback and "runner.py" not in report.traceback
+    assert "diffusion_trial.py" not in report.traceback
     assert "RuntimeError" in report.traceback
 
 
@@ -192,54 +152,6 @@ def test_printed_output_is_returned_in_a_tail():
     )
     report = validate_diffusion_source(source, timeout_s=TIMEOUT, limits=LIMITS)
     assert report.accepted, report.message
-
-
-# ----------------------------------------------------------------------------- the worker
-
-
-def test_worker_runs_in_a_private_folder():
-    cwd = run_sandboxed(os.getcwd, limits=LIMITS, timeout_s=TIMEOUT)
-    assert Path(cwd).name.startswith("leads-sandbox-")
-    assert not Path(cwd).exists()  # removed afterwards
-
-
-@pytest.mark.parametrize(
-    ("target", "args", "phrase"),
-    [
-        (os.system, ("touch /tmp/LEADS_PWNED_direct",), "os.system"),
-        (open, ("/etc/passwd",), "reading '/etc/passwd'"),
-        (open, (str(CANARY), "w"), "writing"),
-        (os.listdir, ("/",), "os.listdir"),
-        (os.remove, (str(CANARY),), "os.remove"),
-        (os.kill, (os.getpid(), 9), "os.kill"),
-    ],
-)
-def test_audit_hook_refuses_direct_calls(target, args, phrase):
-    with pytest.raises(SandboxError) as info:
-        run_sandboxed(target, *args, limits=LIMITS, timeout_s=TIMEOUT)
-    assert info.value.reason == "sandbox-denied"
-    assert phrase in str(info.value)
-
-
-def test_wall_clock_and_cpu_limits():
-    with pytest.raises(SandboxError) as info:
-        run_sandboxed(time.sleep, 60, limits=LIMITS, timeout_s=1.5)
-    assert info.value.reason == "timeout"
-    cpu = SandboxLimits(cpu_seconds=1)
-    with pytest.raises(SandboxError) as info:
-        run_sandboxed(math.factorial, 10**8, limits=cpu, timeout_s=20)
-    assert info.value.reason == "cpu-time"
-
-
-@pytest.mark.skipif(
-    not (sys.platform.startswith("linux") and os.geteuid() == 0), reason="root-only protections"
-)
-def test_root_gets_namespaces_and_no_capabilities():
-    report = validate_diffusion_source(template_source("laplacian_global"), limits=LIMITS)
-    joined = " ".join(report.protections)
-    assert "network namespace" in joined
-    assert "private root" in joined or "read-only filesystem" in joined
-    assert "no capabilities" in joined and "audit hook" in joined
 
 
 # ----------------------------------------------------------------------------- legitimate

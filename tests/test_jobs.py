@@ -1,0 +1,152 @@
+"""The server's jobs (``leads_server.jobs``): what fit/evaluate/count jobs do in a worker,
+run through the engine's one process runner."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import torch
+from leads_server.jobs import (
+    CPU_SECONDS_PER_EPOCH,
+    Job,
+    WorkerError,
+    WorkerPool,
+    _describe_exit,
+    sandbox_available,
+)
+
+from leads_engine.diffusion import template_source
+from leads_engine.generator import BenchmarkConfig, generate_benchmark
+from leads_engine.mesh import make_lv_mesh
+from leads_engine.sandbox import exit_cause
+from leads_engine.spec import CandidateSpec
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.skipif(os.name != "posix", reason="workers need POSIX"),
+]
+SPEC = CandidateSpec(reaction="aliev_panfilov", diffusion="laplacian_global", seed=0)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def dataset_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 200-node, 4-sample, 40 ms data set (about 0.1 s per training epoch)."""
+    data = generate_benchmark(
+        BenchmarkConfig(reaction="ap", n_samples=4, split_sizes=(2, 1, 1), duration_ms=40.0),
+        mesh=make_lv_mesh(200),
+        name="tiny",
+    )
+    return str(data.save(tmp_path_factory.mktemp("jobs") / "tiny.npz"))
+
+
+def fit_job(path: str, epochs: int, spec: CandidateSpec = SPEC) -> Job:
+    return Job("fit", spec.model_dump_json(), path, epochs=epochs, compile=False)
+
+
+def worker_pids() -> list[int]:
+    """This test process's job workers: session leaders whose parent (the fork server) is our
+    child."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            parent = int(fields[1])
+            grandparent = int(Path(f"/proc/{parent}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if grandparent == os.getpid() and int(fields[3]) == int(entry.name):
+            found.append(int(entry.name))
+    return found
+
+
+def gone(pid: int, seconds: float = 5.0) -> bool:
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        if not Path(f"/proc/{pid}").exists():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_exit_codes_are_described_from_the_runners_table() -> None:
+    assert "CPU-time limit" in _describe_exit(-signal.SIGXCPU)
+    assert "SIGKILL" in _describe_exit(-signal.SIGKILL)
+    assert _describe_exit(3) == "exit code 3"
+    assert _describe_exit(-signal.SIGSEGV) == exit_cause(-signal.SIGSEGV).message
+    assert CPU_SECONDS_PER_EPOCH * 10 > 120  # a 10-epoch fine-tune gets more than the default
+    assert sandbox_available()
+
+
+async def test_progress_events_arrive_and_the_weights_come_back(dataset_path: str) -> None:
+    events: list[dict[str, Any]] = []
+
+    async def on_progress(event: dict[str, Any]) -> None:
+        events.append(event)
+
+    payload = await WorkerPool().run(fit_job(dataset_path, 2), on_progress)
+    assert [e["epoch"] for e in events] == [1, 2]
+    assert all(e["epochs"] == 2 and e["epoch_seconds"] > 0 for e in events)
+    assert len(payload["summary"]["train_losses"]) == 2
+    state = torch.load(io.BytesIO(payload["weights"]), weights_only=True)
+    assert state and all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+async def test_count_and_evaluate_jobs(dataset_path: str) -> None:
+    pool = WorkerPool()
+    assert await pool.run(Job("ping")) == {"pong": True}
+    edited = SPEC.model_copy(update={"diffusion_source": template_source("laplacian_global")})
+    counted = await pool.run(Job("count", edited.model_dump_json(), dataset_path))
+    assert counted["parameter_count"] >= 1
+    evaluated = await pool.run(Job("evaluate", SPEC.model_dump_json(), dataset_path, split="val"))
+    assert len(evaluated["at_true"]) == len(evaluated["at_pred"]) == 200
+    assert evaluated["summary"]["split"] == "val" and evaluated["summary"]["mse"] >= 0
+
+
+async def test_a_failing_job_reports_its_traceback(dataset_path: str) -> None:
+    with pytest.raises(WorkerError) as info:
+        await WorkerPool().run(Job("fit", "{not json", dataset_path))
+    assert str(info.value).startswith("ValidationError")
+    assert "Traceback (most recent call last)" in str(info.value)
+
+
+async def test_a_worker_killed_by_a_signal_gives_the_shared_message(dataset_path: str) -> None:
+    killed: list[int] = []
+
+    async def kill_on_first_epoch(event: dict[str, Any]) -> None:
+        if not killed:
+            for pid in worker_pids():
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+    with pytest.raises(WorkerError) as info:
+        await WorkerPool().run(fit_job(dataset_path, 200), kill_on_first_epoch)
+    assert killed
+    message = exit_cause(-signal.SIGKILL).message
+    assert str(info.value) == f"the worker process died ({message}) before it reported a result"
+
+
+async def test_cancellation_terminates_the_worker(dataset_path: str) -> None:
+    running: list[int] = []
+
+    async def note_worker(event: dict[str, Any]) -> None:
+        running.extend(worker_pids())
+        scope.cancel()
+
+    with anyio.CancelScope() as scope:
+        await WorkerPool().run(fit_job(dataset_path, 200), note_worker)
+    assert scope.cancelled_caught
+    assert running and all(gone(pid) for pid in running)
