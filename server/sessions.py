@@ -850,7 +850,7 @@ class DiscoveryService:
             seed=session.seed,
         )
         count = await self._parameter_count(candidate, session)
-        parent_count = parent.get("parameter_count")
+        parent_count = parent.parameter_count
         if parent_count is None:
             parent_count = await self._parameter_count(parent_spec, session)
         if count >= parent_count:
