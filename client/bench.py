@@ -287,16 +287,16 @@ class _ForwardingView(QuietView):
 
 def _unfinished_session(archive_path: Path) -> str | None:
     """The search session to resume in ``archive_path``, if one was left unfinished."""
-    from leads_engine.archive import Archive
+    from leads_server.archive import Archive
 
     if not archive_path.exists():
         return None
     archive = Archive.open(archive_path)
     try:
-        sessions = [s for s in archive.list_sessions() if s.get("status") != "finished"]
+        sessions = [s for s in archive.list_sessions() if s.status != "finished"]
     finally:
         archive.close()
-    return str(sessions[-1]["session_id"]) if sessions else None
+    return str(sessions[-1].session_id) if sessions else None
 
 
 def search_setup(
@@ -346,8 +346,8 @@ async def _search(run: Run, dataset_path: Path, archive_path: Path, config: Benc
 
 def _run_search(run: Run, dataset_path: Path, config: BenchConfig, say: Callable) -> dict:
     import torch
+    from leads_server.archive import Archive
 
-    from leads_engine.archive import Archive
     from leads_engine.dataset import load_dataset
     from leads_engine.spec import CandidateSpec
     from leads_engine.training import evaluate
@@ -365,7 +365,7 @@ def _run_search(run: Run, dataset_path: Path, config: BenchConfig, say: Callable
         weights = archive.get_weights(final_id)
     finally:
         archive.close()
-    spec = CandidateSpec(**record["spec"])  # the archive keeps the real (de-anonymised) names
+    spec = CandidateSpec(**(record.spec or {}))  # the archive keeps the real (de-anonymised) names
     state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
     dataset = load_dataset(dataset_path)
     evaluation = evaluate(spec, dataset, state, "test", _training_config(config))

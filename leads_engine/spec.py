@@ -9,11 +9,15 @@ and seed train to the same numbers on the same machine.
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 Operation = Literal["select", "refine", "modify", "simplify", "baseline", "finetune"]
+#: Every way a candidate can come about (the archive's ``candidates.operation`` values).
+OPERATIONS: tuple[str, ...] = get_args(Operation)
+#: The operations that spend a session's search budget (one trained candidate each).
+SEARCH_OPERATIONS: tuple[str, ...] = ("select", "refine", "modify", "simplify")
 
 
 class CandidateSpec(BaseModel):
@@ -47,8 +51,3 @@ class CandidateSpec(BaseModel):
         if self.diffusion_source is None:
             return None
         return hashlib.sha256(self.diffusion_source.encode()).hexdigest()
-
-    def structure_key(self) -> str:
-        """Identity of the structure, ignoring provenance: equal keys train identically."""
-        data = self.model_dump(exclude={"parent_id", "operation"})
-        return hashlib.sha256(repr(sorted(data.items())).encode()).hexdigest()[:16]

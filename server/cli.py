@@ -55,9 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     import anyio
     import torch
 
-    from leads_engine.archive import ArchiveError
-
     from .app import build_server
+    from .archive import ArchiveError
 
     torch.set_num_threads(1)
     try:

@@ -1,6 +1,6 @@
 """Discovery sessions: the logic under the MCP tools (no MCP imports).
 
-:class:`DiscoveryService` owns the :class:`~leads_engine.archive.Archive`, a
+:class:`DiscoveryService` owns the :class:`~leads_server.archive.Archive`, a
 :class:`~leads_server.jobs.WorkerPool` and the in-memory :class:`SessionStore` (the server's only
 mutable state). A session holds its data set, search budget, epochs per candidate, seed, the
 reaction-name aliases (anonymisation) and the *draft*: the candidate the agent is assembling with
@@ -32,7 +32,6 @@ import anyio
 import anyio.to_thread
 
 from leads_engine import diffusion as diffusion_catalog
-from leads_engine.archive import Archive, ArchiveError, default_archive_path
 from leads_engine.dataset import (
     DatasetError,
     EPDataset,
@@ -43,9 +42,10 @@ from leads_engine.dataset import (
 )
 from leads_engine.diffusion import DiffusionSpecError
 from leads_engine.reactions import ALIASES, REACTION_MODELS, NeuralReaction, resolve_reaction_name
-from leads_engine.spec import CandidateSpec, Operation
+from leads_engine.spec import SEARCH_OPERATIONS, CandidateSpec, Operation
 
 from .anonymise import ReactionAliases
+from .archive import Archive, ArchiveError, CandidateDetail, default_archive_path
 from .jobs import Job, WorkerError, WorkerPool, sandbox_available
 from .models import (
     CandidateRecord,
@@ -63,7 +63,6 @@ from .models import (
     TrainingResult,
 )
 
-SEARCH_OPERATIONS: tuple[str, ...] = ("select", "refine", "modify", "simplify")
 NEURAL_HYPERPARAMETERS = {
     "hidden": "int 4-256 (default 32): width of the MLP",
     "layers": "int 1-4 (default 2): hidden layers",
@@ -228,8 +227,8 @@ class DiscoveryService:
                 f"unknown session {session_id!r}: call start_session and use the session_id "
                 "it returns"
             ) from exc
-        config = row.get("config") or {}
-        path = Path(row["dataset_path"] or row["dataset"])
+        config = row.config or {}
+        path = Path(row.dataset_path or row.dataset)
         try:
             dataset = await anyio.to_thread.run_sync(self.store.dataset, path)
         except (DatasetError, OSError) as exc:
@@ -240,26 +239,28 @@ class DiscoveryService:
         candidates = self.archive.list_candidates(session_id)
         session = DiscoverySession(
             session_id=session_id,
-            dataset_name=row["dataset"],
+            dataset_name=row.dataset,
             dataset_path=path,
             dataset=dataset,
-            budget=int(row["budget"] or 0),
+            budget=int(row.budget or 0),
             epochs=int(config.get("epochs", 3)),
-            seed=int(row["seed"] or 0),
+            seed=int(row.seed or 0),
             aliases=ReactionAliases(config.get("aliases") or {}),
             batch_size=config.get("batch_size"),
             steps_used=sum(
-                c["operation"] in SEARCH_OPERATIONS and c["status"] != "refused" for c in candidates
+                c.operation in SEARCH_OPERATIONS and c.status != "refused" for c in candidates
             ),
             last_candidate_id=next(
-                (c["candidate_id"] for c in reversed(candidates) if c["status"] != "refused"),
+                (c.candidate_id for c in reversed(candidates) if c.status != "refused"),
                 None,
             ),
         )
         self.store.add(session)
         return session
 
-    def _candidate(self, candidate_id: str, session: DiscoverySession | None = None) -> dict:
+    def _candidate(
+        self, candidate_id: str, session: DiscoverySession | None = None
+    ) -> CandidateDetail:
         try:
             candidate = self.archive.get_candidate(candidate_id)
         except ArchiveError as exc:
@@ -270,32 +271,31 @@ class DiscoveryService:
                 else ""
             )
             raise DiscoveryError(f"unknown candidate {candidate_id!r}{hint}") from exc
-        if session is not None and candidate["session_id"] != session.session_id:
+        if session is not None and candidate.session_id != session.session_id:
             raise DiscoveryError(
-                f"candidate {candidate_id!r} belongs to session {candidate['session_id']!r}, not "
+                f"candidate {candidate_id!r} belongs to session {candidate.session_id!r}, not "
                 f"{session.session_id!r}; use a candidate of this session"
             )
         return candidate
 
-    def _trained_parent(self, candidate_id: str, session: DiscoverySession) -> dict:
+    def _trained_parent(self, candidate_id: str, session: DiscoverySession) -> CandidateDetail:
         candidate = self._candidate(candidate_id, session)
-        if candidate["status"] in ("refused", "pending"):
+        if candidate.status in ("refused", "pending"):
             raise DiscoveryError(
-                f"candidate {candidate_id!r} is {candidate['status']}: derive from a trained "
-                "candidate"
+                f"candidate {candidate_id!r} is {candidate.status}: derive from a trained candidate"
             )
         return candidate
 
     @staticmethod
-    def _spec_of(candidate: Mapping[str, Any]) -> CandidateSpec:
-        return CandidateSpec.model_validate(candidate["spec"])
+    def _spec_of(candidate: CandidateDetail) -> CandidateSpec:
+        return CandidateSpec.model_validate(candidate.spec)
 
     def _aliases_for_session_id(self, session_id: str) -> ReactionAliases:
         session = self.store.get(session_id)
         if session is not None:
             return session.aliases
         try:
-            config = self.archive.get_session(session_id).get("config") or {}
+            config = self.archive.get_session(session_id).config or {}
         except ArchiveError:
             return ReactionAliases.disabled()
         return ReactionAliases(config.get("aliases") or {})
@@ -776,25 +776,17 @@ class DiscoveryService:
 
         report = await anyio.to_thread.run_sync(validate_diffusion_source, source)
         if not report.accepted:
-            spec = {
-                "reaction": reaction,
-                "diffusion": base,
-                "diffusion_hyperparameters": hp,
-                "diffusion_source": source,
-                "parent_id": candidate_id,
-                "operation": "modify",
-                "seed": session.seed,
-            }
-            refused_id = self.archive.record_refusal(
-                session.session_id,
-                spec,
-                "modify",
-                candidate_id,
-                reaction,
-                base,
-                source,
-                report.message,
+            # not validated: a refused edit of a template may have no reaction drafted yet
+            spec = CandidateSpec.model_construct(
+                reaction=reaction,
+                diffusion=base,
+                diffusion_hyperparameters=hp,
+                diffusion_source=source,
+                parent_id=candidate_id,
+                operation="modify",
+                seed=session.seed,
             )
+            refused_id = self.archive.record_refusal(session.session_id, spec, report.message)
             self._record_step(
                 session,
                 {"tool": "modify_diffusion", "candidate_id": candidate_id, "template": template},
@@ -858,7 +850,7 @@ class DiscoveryService:
             seed=session.seed,
         )
         count = await self._parameter_count(candidate, session)
-        parent_count = parent.get("parameter_count")
+        parent_count = parent.parameter_count
         if parent_count is None:
             parent_count = await self._parameter_count(parent_spec, session)
         if count >= parent_count:
@@ -924,7 +916,7 @@ class DiscoveryService:
         weights = self.archive.get_weights(candidate_id)
         if weights is None:
             raise DiscoveryError(
-                f"candidate {candidate_id!r} has no weights (status {parent['status']}); "
+                f"candidate {candidate_id!r} has no weights (status {parent.status}); "
                 "fine-tune a candidate whose training finished"
             )
         spec = self._spec_of(parent).model_copy(
@@ -940,15 +932,7 @@ class DiscoveryService:
         weights: bytes | None,
         progress: ProgressCallback | None,
     ) -> TrainingResult:
-        candidate_id = self.archive.begin_candidate(
-            session.session_id,
-            spec.model_dump(),
-            spec.operation,
-            spec.parent_id,
-            spec.reaction,
-            spec.diffusion,
-            spec.diffusion_source,
-        )
+        candidate_id = self.archive.begin_candidate(session.session_id, spec)
         session.last_candidate_id = candidate_id
 
         async def on_epoch(event: dict[str, Any]) -> None:
@@ -1075,7 +1059,7 @@ class DiscoveryService:
         weights = self.archive.get_weights(candidate_id)
         if weights is None:
             raise DiscoveryError(
-                f"candidate {candidate_id!r} has no weights (status {candidate['status']}); "
+                f"candidate {candidate_id!r} has no weights (status {candidate.status}); "
                 "evaluate a candidate whose training finished"
             )
         if len(session.dataset.indices(split)) == 0:
@@ -1099,8 +1083,8 @@ class DiscoveryService:
         summary = payload["summary"]
         folder = self.figure_dir(session.session_id, candidate_id)
         curves = {
-            "train": [e["train_loss"] for e in candidate["epochs"]],
-            "val": [e["val_loss"] for e in candidate["epochs"]],
+            "train": [e.train_loss for e in candidate.epochs],
+            "val": [e.val_loss for e in candidate.epochs],
         }
 
         def plot() -> list[Path]:
@@ -1143,7 +1127,7 @@ class DiscoveryService:
     def figure(self, candidate_id: str, name: str) -> bytes:
         """A PNG written by evaluate_candidate."""
         candidate = self._candidate(candidate_id)
-        path = self.figure_dir(candidate["session_id"], candidate_id) / name
+        path = self.figure_dir(candidate.session_id, candidate_id) / name
         if not path.exists():
             raise DiscoveryError(f"no {name} for {candidate_id} yet: call evaluate_candidate first")
         return path.read_bytes()
@@ -1167,17 +1151,17 @@ class DiscoveryService:
         except ArchiveError as exc:
             raise DiscoveryError(aliases.mask_text(str(exc))) from exc
         return QueryResult(
-            columns=aliases.mask(result["columns"]),
-            rows=aliases.mask(result["rows"]),
-            row_count=result["row_count"],
-            truncated=result["truncated"],
+            columns=aliases.mask(result.columns),
+            rows=aliases.mask(result.rows),
+            row_count=result.row_count,
+            truncated=result.truncated,
         )
 
     async def get_candidate(self, candidate_id: str) -> CandidateRecord:
         """An archived candidate, names masked with its session's aliases."""
         candidate = self._candidate(candidate_id)
-        aliases = self._aliases_for_session_id(candidate["session_id"])
-        return CandidateRecord.model_validate(aliases.mask(candidate))
+        aliases = self._aliases_for_session_id(candidate.session_id)
+        return CandidateRecord.model_validate(aliases.mask(candidate.as_dict()))
 
     async def session_summary(self, session_id: str) -> SessionSummary:
         """Configuration, budget, draft and candidates of a session."""
@@ -1186,7 +1170,7 @@ class DiscoveryService:
         best = self.archive.best_candidate(session_id)
         candidates = [
             {
-                key: c[key]
+                key: getattr(c, key)
                 for key in (
                     "candidate_id",
                     "status",
@@ -1204,7 +1188,7 @@ class DiscoveryService:
             session_id=session_id,
             dataset=session.dataset_name,
             dataset_path=str(session.dataset_path),
-            status=row["status"],
+            status=row.status,
             budget=session.budget,
             steps_used=session.steps_used,
             budget_left=session.budget_left,
@@ -1212,7 +1196,7 @@ class DiscoveryService:
             seed=session.seed,
             anonymised=session.aliases.enabled,
             draft=None if session.draft.empty else self._draft_view(session, session.draft, None),
-            best_candidate_id=None if best is None else best["candidate_id"],
+            best_candidate_id=None if best is None else best.candidate_id,
             candidates=session.aliases.mask(candidates),
         )
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from leads_agent.cli import main
+from leads_server.archive import Archive
 
-from leads_engine.archive import Archive
 from leads_engine.generator import BenchmarkConfig, generate_benchmark
 from leads_engine.mesh import make_lv_mesh
 
@@ -68,7 +68,7 @@ def test_discover_stops_resumes_and_reports(tiny_home: Path, capsys: pytest.Capt
     assert later and all(c["reaction"] == best_screen["reaction"] for c in later)
     # on this synthetic set the chosen reaction is the true one (Aliev-Panfilov)
     with Archive.open(tiny_home / "archive.duckdb") as archive:
-        aliases = archive.get_session(session)["config"]["aliases"]
+        aliases = archive.get_session(session).config["aliases"]
     assert best_screen["reaction"] == aliases["aliev_panfilov"]
 
     assert summary["finetuned"]["status"] == "ok"

@@ -15,10 +15,10 @@ import pytest
 import torch
 from leads_server import sessions
 from leads_server.app import LeadsServer, build_server
+from leads_server.archive import Archive
 from leads_server.jobs import sandbox_available
 from mcp import Client
 
-from leads_engine.archive import Archive
 from leads_engine.generator import BenchmarkConfig, generate_benchmark
 from leads_engine.mesh import make_lv_mesh
 
@@ -369,8 +369,8 @@ async def test_anonymised_names_in_archive_queries(client: Client, server: Leads
     assert "aliev" not in json.dumps(record).lower()
     # The archive itself keeps the real name and the alias map.
     row = server.service.archive.get_candidate(trained["candidate_id"])
-    assert row["reaction"] == "aliev_panfilov"
-    config = server.service.archive.get_session(session_id)["config"]
+    assert row.reaction == "aliev_panfilov"
+    config = server.service.archive.get_session(session_id).config
     assert config["aliases"]["aliev_panfilov"] == alias
 
 
@@ -403,7 +403,7 @@ async def test_modify_diffusion_refuses_hostile_code(
     )
     assert "refused" in text and "os" in text
     refused = server.service.archive.list_candidates(session_id, status="refused")
-    assert len(refused) == 1 and refused[0]["code"] == HOSTILE
+    assert len(refused) == 1 and refused[0].code == HOSTILE
     assert "both" in await fails(
         client, "modify_diffusion", session_id=session_id, source=HOSTILE,
         template="gcn", candidate_id="c-1",
@@ -457,11 +457,11 @@ async def test_cancelled_training_is_archived_as_cancelled(
         group.cancel_scope.cancel()
     archive = server.service.archive
     with anyio.fail_after(20):
-        while archive.list_candidates(session_id)[0]["status"] == "pending":
+        while archive.list_candidates(session_id)[0].status == "pending":
             await anyio.sleep(0.05)
     candidate = archive.list_candidates(session_id)[0]
-    assert candidate["status"] == "cancelled"
-    assert 1 <= len(archive.get_candidate(candidate["candidate_id"])["epochs"]) < 100
+    assert candidate.status == "cancelled"
+    assert 1 <= len(archive.get_candidate(candidate.candidate_id).epochs) < 100
 
 
 async def test_session_resumes_after_a_restart(home: Path) -> None:
@@ -495,7 +495,8 @@ async def test_session_resumes_after_a_restart(home: Path) -> None:
     finally:
         server.close()
     with Archive.open(path) as archive:
-        assert [c["status"] for c in archive.list_candidates(session_id)] == ["ok", "ok"]
+        assert [c.status for c in archive.list_candidates(session_id)] == ["ok", "ok"]
+        assert archive.get_session(session_id).status == "finished"  # its budget is spent
 
 
 def test_a_killed_worker_is_described_in_words() -> None:

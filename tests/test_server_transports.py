@@ -16,11 +16,10 @@ import anyio
 import httpx2
 import pytest
 from leads_server.app import build_server
+from leads_server.archive import INTERRUPTED_ERROR, Archive
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from test_server import call, save_tiny
-
-from leads_engine.archive import INTERRUPTED_ERROR, Archive
 
 pytestmark = pytest.mark.anyio
 SERVER = [sys.executable, "-m", "leads_server.cli", "--no-compile"]
@@ -151,12 +150,13 @@ async def test_sigkill_during_training_keeps_the_archive(home: Path, tmp_path: P
     archive_path = home / "archive.duckdb"
     with Archive.open(archive_path) as archive:
         candidates = archive.list_candidates(session_id)
-        assert [c["status"] for c in candidates] == ["ok", "failed"]
-        assert candidates[0]["candidate_id"] == done["candidate_id"]
+        assert [c.status for c in candidates] == ["ok", "failed"]
+        assert candidates[0].candidate_id == done["candidate_id"]
         assert archive.get_weights(done["candidate_id"])
-        assert candidates[1]["error"] == INTERRUPTED_ERROR
-        assert archive.recovered_candidates == [candidates[1]["candidate_id"]]
-        assert len(archive.get_candidate(candidates[1]["candidate_id"])["epochs"]) >= 1
+        assert candidates[1].error == INTERRUPTED_ERROR
+        assert archive.recovered_candidates == [candidates[1].candidate_id]
+        assert len(archive.get_candidate(candidates[1].candidate_id).epochs) >= 1
+        assert archive.get_session(session_id).status == "stopped"
 
     server = build_server(archive_path, compile_training=False)
     try:
