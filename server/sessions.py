@@ -772,7 +772,7 @@ class DiscoveryService:
             reaction = session.draft.reaction
         if not sandbox_available():
             raise DiscoveryError(_SANDBOX_MISSING)
-        from leads_engine.sandbox import validate_diffusion_source
+        from leads_engine.diffusion_trial import validate_diffusion_source
 
         report = await anyio.to_thread.run_sync(validate_diffusion_source, source)
         if not report.accepted:
