@@ -1,0 +1,55 @@
+"""Fixtures of the server tests: a tiny data set under an isolated LEADS_HOME, the MCP server
+over a fresh archive, and an in-memory ``mcp.Client`` connected to it.
+
+Test modules load them with ``pytest_plugins = ("server_fixtures",)`` and call the tools with
+the helpers of :mod:`server_calls`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from leads_server.app import LeadsServer, build_server
+from mcp import Client
+
+from leads_engine.generator import BenchmarkConfig, generate_benchmark
+from leads_engine.mesh import make_lv_mesh
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def save_tiny(home: Path, name: str = "tiny", **overrides: Any) -> Path:
+    """A 200-node, 4-sample, 40 ms data set (about 0.1 s per training epoch)."""
+    settings = {"n_samples": 4, "split_sizes": (2, 1, 1), "duration_ms": 40.0, **overrides}
+    nodes = settings.pop("nodes", 200)
+    data = generate_benchmark(
+        BenchmarkConfig(reaction="ap", **settings), mesh=make_lv_mesh(nodes), name=name
+    )
+    return data.save(home / "datasets" / f"{name}.npz")
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "leads_home"
+    monkeypatch.setenv("LEADS_HOME", str(home))
+    save_tiny(home)
+    return home
+
+
+@pytest.fixture
+def server(home: Path) -> Iterator[LeadsServer]:
+    server = build_server(home / "archive.duckdb", compile_training=False)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+async def client(server: LeadsServer) -> AsyncIterator[Client]:
+    async with Client(server) as client:
+        yield client
