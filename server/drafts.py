@@ -33,8 +33,9 @@ from .state import DiscoverySession, Draft, Sessions
 
 @dataclass(frozen=True)
 class DraftChange:
-    """What one draft operation does: the draft fields it sets, the step it archives (action
-    and text, real names) and its reply; ``parameter_count`` when the operation counted."""
+    """What one draft operation does: the draft fields it sets, the step it archives (the
+    action's arguments and a text, real names) and its reply; ``parameter_count`` when the
+    operation counted."""
 
     fields: dict[str, Any]
     action: dict[str, Any]
@@ -54,14 +55,16 @@ class Drafts:
         self.reads = reads
         self.runs = runs
 
-    async def _draft(self, session_id: str, parent_id: str | None, decide: Decide) -> DraftResult:
+    async def _draft(
+        self, tool: str, session_id: str, parent_id: str | None, decide: Decide
+    ) -> DraftResult:
         """Load the session and the trained parent, apply the change ``decide`` makes, record
-        it as a step and reply with the new draft."""
+        it as a step of ``tool`` and reply with the new draft."""
         session = await self.sessions.get(session_id)
         parent = None if parent_id is None else self.reads.trained_parent(parent_id, session)
         change = await decide(session, parent)
         session.draft = replace(session.draft, **change.fields)
-        self.sessions.record_step(session, change.action, change.note)
+        self.sessions.record_step(session, {"tool": tool, **change.action}, change.note)
         count = change.parameter_count
         if count is None:
             count = await self._known_count(session)
@@ -107,12 +110,12 @@ class Drafts:
             )
             return DraftChange(
                 fields={"reaction": real, "reaction_hyperparameters": hp},
-                action={"tool": "select_reaction", "reaction": real, "hyperparameters": hp},
+                action={"reaction": real, "hyperparameters": hp},
                 note=f"draft reaction {real}",
                 message=f"reaction {aliases.show(real)} selected; {next_step}",
             )
 
-        return await self._draft(request.session_id, None, decide)
+        return await self._draft("select_reaction", request.session_id, None, decide)
 
     async def select_diffusion(self, request: SelectDiffusion) -> DraftResult:
         """Set the draft's diffusion to a catalog template (operation ``select``)."""
@@ -127,16 +130,12 @@ class Drafts:
             )
             return DraftChange(
                 fields=_diffusion(template, resolved, None, None, "select"),
-                action={
-                    "tool": "select_diffusion",
-                    "template": template,
-                    "hyperparameters": resolved,
-                },
+                action={"template": template, "hyperparameters": resolved},
                 note=f"draft diffusion {template} {resolved}",
                 message=f"diffusion {template} selected; {next_step}",
             )
 
-        return await self._draft(request.session_id, None, decide)
+        return await self._draft("select_diffusion", request.session_id, None, decide)
 
     async def refine_diffusion(self, request: RefineDiffusion) -> DraftResult:
         """Draft = the candidate with changed diffusion hyper-parameters (operation ``refine``)."""
@@ -161,16 +160,12 @@ class Drafts:
                 fields=_diffusion(
                     spec.diffusion, resolved, spec.diffusion_source, candidate_id, "refine"
                 ),
-                action={
-                    "tool": "refine_diffusion",
-                    "candidate_id": candidate_id,
-                    "hyperparameters": resolved,
-                },
+                action={"candidate_id": candidate_id, "hyperparameters": resolved},
                 note=f"draft refines {candidate_id}: {spec.diffusion} {resolved}",
                 message=f"refined {spec.diffusion} of {candidate_id}; call train_candidate",
             )
 
-        return await self._draft(request.session_id, candidate_id, decide)
+        return await self._draft("refine_diffusion", request.session_id, candidate_id, decide)
 
     async def modify_diffusion(self, request: ModifyDiffusion) -> DraftResult:
         """Draft = edited code of a candidate's or a template's diffusion (operation
@@ -178,7 +173,7 @@ class Drafts:
         with; a refusal is archived as ``refused``."""
         candidate_id, template, source = request.candidate_id, request.template, request.source
         one_thing = (candidate_id is None) != (template is None)
-        action = {"tool": "modify_diffusion", "candidate_id": candidate_id, "template": template}
+        edit = {"candidate_id": candidate_id, "template": template}
 
         async def decide(session: DiscoverySession, parent: Parent | None) -> DraftChange:
             if not one_thing:
@@ -206,7 +201,9 @@ class Drafts:
                 }
                 refused_id = self.runs.record_refusal(session, refused, report.message)
                 self.sessions.record_step(
-                    session, action, f"refused ({refused_id}): {report.message}"
+                    session,
+                    {"tool": "modify_diffusion", **edit},
+                    f"refused ({refused_id}): {report.message}",
                 )
                 raise DiscoveryError(
                     f"the edited code was refused (archived as {refused_id}, no budget used): "
@@ -214,12 +211,14 @@ class Drafts:
                 )
             return DraftChange(
                 fields=_diffusion(base, hp, source, candidate_id, "modify"),
-                action=action,
+                action=edit,
                 note=f"draft modifies {candidate_id or template}: accepted",
                 message="the edited code passed the sandbox checks; call train_candidate",
             )
 
-        return await self._draft(request.session_id, candidate_id if one_thing else None, decide)
+        return await self._draft(
+            "modify_diffusion", request.session_id, candidate_id if one_thing else None, decide
+        )
 
     async def simplify_diffusion(self, request: SimplifyDiffusion) -> DraftResult:
         """Draft = a variant of the candidate with strictly fewer trainable parameters
@@ -273,7 +272,6 @@ class Drafts:
             return DraftChange(
                 fields=_diffusion(base, resolved, source, candidate_id, "simplify"),
                 action={
-                    "tool": "simplify_diffusion",
                     "candidate_id": candidate_id,
                     "template": base,
                     "hyperparameters": resolved,
@@ -283,7 +281,7 @@ class Drafts:
                 parameter_count=count,
             )
 
-        return await self._draft(request.session_id, candidate_id, decide)
+        return await self._draft("simplify_diffusion", request.session_id, candidate_id, decide)
 
     # ------------------------------------------------------------------ the whole spec
 

@@ -23,7 +23,7 @@ from leads_engine.spec import CandidateSpec
 
 from .errors import SANDBOX_MISSING, DiscoveryError
 from .inputs import EvaluateCandidate, FinetuneCandidate
-from .jobs import Job, WorkerError, WorkerPool, sandbox_available
+from .jobs import Job, JobKind, WorkerError, WorkerPool, sandbox_available
 from .models import EvaluationResult, TrainingResult
 from .reads import Reads
 from .state import DiscoverySession, ProgressCallback, Sessions
@@ -118,6 +118,25 @@ class Runs:
 
     # ------------------------------------------------------------------ training
 
+    def _job(
+        self,
+        kind: JobKind,
+        spec: CandidateSpec,
+        session: DiscoverySession,
+        weights: bytes | None,
+        **settings: Any,
+    ) -> Job:
+        """A worker job on the session's data set with its batch size and these weights."""
+        return Job(
+            kind,
+            spec.model_dump_json(),
+            str(session.dataset_path),
+            batch_size=session.batch_size,
+            initial_weights=weights,
+            compile=self.compile_training,
+            **settings,
+        )
+
     async def finetune(
         self, request: FinetuneCandidate, progress: ProgressCallback | None = None
     ) -> TrainingResult:
@@ -171,17 +190,10 @@ class Runs:
                     f"{event['train_loss']:.4g}, val {event['val_loss']:.4g}",
                 )
 
-        job = Job(
-            "fit",
-            spec.model_dump_json(),
-            str(session.dataset_path),
-            epochs=epochs,
-            batch_size=session.batch_size,
-            initial_weights=weights,
-            compile=self.compile_training,
-        )
         try:
-            payload = await self.pool.run(job, on_epoch)
+            payload = await self.pool.run(
+                self._job("fit", spec, session, weights, epochs=epochs), on_epoch
+            )
         except WorkerError as exc:
             error = str(exc)
             self.archive.finish_candidate(candidate_id, "failed", error=error)
@@ -283,17 +295,10 @@ class Runs:
         spec = self.reads.spec_of(candidate)
         if spec.diffusion_source is not None:
             require_sandbox()
-        job = Job(
-            "evaluate",
-            spec.model_dump_json(),
-            str(session.dataset_path),
-            split=split,
-            batch_size=session.batch_size,
-            initial_weights=weights,
-            compile=self.compile_training,
-        )
         try:
-            payload = await self.pool.run(job)
+            payload = await self.pool.run(
+                self._job("evaluate", spec, session, weights, split=split)
+            )
         except WorkerError as exc:
             raise DiscoveryError(f"evaluation of {candidate_id} failed: {exc}") from exc
         summary = payload["summary"]

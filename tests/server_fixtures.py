@@ -9,29 +9,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from leads_server.app import LeadsServer, build_server
 from mcp import Client
-
-from leads_engine.generator import BenchmarkConfig, generate_benchmark
-from leads_engine.mesh import make_lv_mesh
+from server_calls import save_tiny
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def save_tiny(home: Path, name: str = "tiny", **overrides: Any) -> Path:
-    """A 200-node, 4-sample, 40 ms data set (about 0.1 s per training epoch)."""
-    settings = {"n_samples": 4, "split_sizes": (2, 1, 1), "duration_ms": 40.0, **overrides}
-    nodes = settings.pop("nodes", 200)
-    data = generate_benchmark(
-        BenchmarkConfig(reaction="ap", **settings), mesh=make_lv_mesh(nodes), name=name
-    )
-    return data.save(home / "datasets" / f"{name}.npz")
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from leads_server import runs
 from leads_server.app import LeadsServer
 from leads_server.jobs import sandbox_available
 from mcp import Client
-from server_calls import call, fails, start, train
+from server_calls import REAL_NAMES, call, fails, start, train
 
 pytest_plugins = ("server_fixtures",)
 pytestmark = pytest.mark.anyio
@@ -156,3 +156,99 @@ async def test_modify_without_sandbox_never_runs_code(
         client, "modify_diffusion", session_id=session_id, source=HOSTILE, template="gcn"
     )
     assert "sandbox unavailable" in text
+
+
+UNUSABLE_DEFAULT = """\
+import math
+
+import torch
+from torch import nn
+
+
+class Diffusion(nn.Module):
+    def __init__(self, num_nodes, conductivity=0.0):
+        super().__init__()
+        if conductivity > 1.5:
+            raise ValueError("this edit needs a conductivity up to 1.5")
+        self.raw = nn.Parameter(torch.tensor(math.log(math.expm1(conductivity))))
+
+    def forward(self, u, graph):
+        weight = torch.nn.functional.softplus(self.raw) * graph.edge_weight
+        return graph.flux_divergence(weight, u)
+"""
+
+
+async def test_edited_code_is_checked_with_the_hyperparameters_it_trains_with(
+    client: Client,
+) -> None:
+    """The sandbox tries the edit as Diffusion(num_nodes, **hyper-parameters) with those of
+    the template or parent candidate: a default that cannot be built with (log(expm1(0)))
+    passes and trains, a parent's value the edit refuses is refused at once."""
+    if not sandbox_available():
+        pytest.skip("the code sandbox is not available here")
+    session_id = await start(client)
+    draft = await call(
+        client, "modify_diffusion", session_id=session_id, source=UNUSABLE_DEFAULT,
+        template="laplacian_global",
+    )  # fmt: skip
+    assert draft["draft"]["diffusion_hyperparameters"] == {"conductivity": 1.0}
+    await call(client, "select_reaction", session_id=session_id, reaction="ap")
+    trained, _ = await train(client, session_id, epochs=1)
+    assert trained["status"] == "ok" and trained["operation"] == "modify"
+
+    await call(
+        client, "select_diffusion", session_id=session_id, template="laplacian_global",
+        hyperparameters={"conductivity": 2.0},
+    )  # fmt: skip
+    wide, _ = await train(client, session_id, epochs=1)
+    refused = await fails(
+        client, "modify_diffusion", session_id=session_id, source=UNUSABLE_DEFAULT,
+        candidate_id=wide["candidate_id"],
+    )  # fmt: skip
+    assert "refused" in refused and "conductivity up to 1.5" in refused
+
+
+async def test_reaction_hyperparameters_are_checked_by_the_spec_rules(client: Client) -> None:
+    session_id = await start(client, anonymise=True, seed=2)
+    catalog = await call(client, "list_catalogs", session_id=session_id)
+    alias = catalog["reactions"][0]["name"]
+    text = await fails(
+        client, "select_reaction", session_id=session_id, reaction=alias,
+        hyperparameters={"hidden": 8},
+    )  # fmt: skip
+    assert f"reaction {alias!r} takes no hyper-parameters" in text
+    assert not any(real in text.lower() for real in REAL_NAMES)
+    assert "unknown hyper-parameter(s) ['depth']" in await fails(
+        client, "select_reaction", session_id=session_id, reaction="neural",
+        hyperparameters={"depth": 2},
+    )  # fmt: skip
+    assert "invalid hyper-parameters for 'neural'" in await fails(
+        client, "select_reaction", session_id=session_id, reaction="neural",
+        hyperparameters={"layers": 9},
+    )  # fmt: skip
+    draft = await call(
+        client, "select_reaction", session_id=session_id, reaction="neural",
+        hyperparameters={"hidden": 8},
+    )  # fmt: skip
+    assert draft["draft"]["reaction_hyperparameters"] == {"hidden": 8}
+
+
+async def test_every_draft_operation_is_archived_as_a_step_of_its_tool(client: Client) -> None:
+    session_id = await start(client)
+    await call(client, "select_reaction", session_id=session_id, reaction="ap")
+    await call(client, "select_diffusion", session_id=session_id, template="laplacian_global")
+    trained, _ = await train(client, session_id, epochs=1)
+    await call(
+        client, "refine_diffusion", session_id=session_id,
+        candidate_id=trained["candidate_id"], hyperparameters={"conductivity": 2.0},
+    )  # fmt: skip
+    await fails(client, "refine_diffusion", session_id=session_id,
+                candidate_id="c-000000000000", hyperparameters={"conductivity": 2.0})  # fmt: skip
+    rows = await call(
+        client,
+        "query_archive",
+        sql="SELECT json_extract_string(action, '$.tool'), observation FROM steps ORDER BY step",
+    )
+    tools = [row[0] for row in rows["rows"]]
+    assert tools == ["select_reaction", "select_diffusion", "select", "refine_diffusion"]
+    assert rows["rows"][3][1].startswith(f"draft refines {trained['candidate_id']}")

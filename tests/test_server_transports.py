@@ -18,7 +18,7 @@ import pytest
 from leads_server.app import build_server
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
-from test_server import call, save_tiny
+from server_calls import call, save_tiny
 
 from leads_engine.archive import INTERRUPTED_ERROR, Archive
 

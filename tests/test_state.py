@@ -3,6 +3,7 @@ sets, and resuming a session from the archive after a restart."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,37 @@ async def test_session_resumes_after_a_restart(home: Path) -> None:
         server.close()
     with Archive.open(path) as archive:
         assert [c["status"] for c in archive.list_candidates(session_id)] == ["ok", "ok"]
+
+
+async def test_a_resumed_session_keeps_its_settings_and_counts_only_search_steps(
+    home: Path,
+) -> None:
+    path = home / "archive.duckdb"
+    server = build_server(path, compile_training=False)
+    try:
+        async with Client(server) as client:
+            session_id = await start(client, anonymise=True, seed=5, budget=3, epochs=4)
+            aliases = dict(server.service.store.get(session_id).aliases.mapping)
+            refused = await fails(
+                client, "modify_diffusion", session_id=session_id, template="gcn",
+                source="import os\n",
+            )  # fmt: skip
+            assert "refused" in refused or "sandbox unavailable" in refused
+            await call(client, "select_diffusion", session_id=session_id, template="gcn")
+    finally:
+        server.close()
+    server = build_server(path, compile_training=False)
+    try:
+        async with Client(server) as client:
+            summary = await client.read_resource(f"session://{session_id}/summary")
+            summary = json.loads(summary.contents[0].text)
+            assert summary["steps_used"] == 0 and summary["budget_left"] == 3  # refusals are free
+            assert summary["epochs_per_candidate"] == 4 and summary["seed"] == 5
+            assert summary["anonymised"] and summary["draft"] is None  # drafts live in memory
+            session = server.service.store.get(session_id)
+            assert session.aliases.mapping == aliases and session.last_candidate_id is None
+            assert "unknown session" in await fails(
+                client, "list_catalogs", session_id="s-000000000000"
+            )
+    finally:
+        server.close()
