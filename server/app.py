@@ -1,9 +1,11 @@
 """The LEADS MCP server: thin tools and resources over :class:`DiscoveryService`.
 
-Every tool takes typed arguments (their pydantic ``Field`` constraints become the published input
-schema), returns a pydantic model (published as the output schema, sent as structured content),
-carries honest annotations (nothing is destructive: the archive is append-only), and turns a
-:class:`DiscoveryError` into an ``isError`` result whose text says what to do instead.
+Every tool takes the fields of its input model (:mod:`leads_server.inputs`) as flat, typed
+arguments (their ``Field`` constraints and defaults become the published input schema), calls
+the :class:`DiscoveryService` method of the same name with the model, returns a pydantic model
+(published as the output schema, sent as structured content), carries honest annotations
+(nothing is destructive: the archive is append-only), and turns a :class:`DiscoveryError` into
+an ``isError`` result whose text says what to do instead.
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ def _tool_function(
         return await _tool(method(request))
 
     tool.__name__ = tool.__qualname__ = name
-    tool.__signature__ = inspect.Signature(parameters, return_annotation=result)  # type: ignore[attr-defined]
+    tool.__signature__ = inspect.Signature(parameters, return_annotation=result)
     tool.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": result}
     return tool
 
@@ -156,12 +158,12 @@ def build_server(
     service = DiscoveryService.open(archive_path, start_method, compile_training)
     server = LeadsServer(service, name=name, version=str(__version__), instructions=INSTRUCTIONS)
 
-    for name, model in TOOL_INPUTS.items():
+    for tool_name, model in TOOL_INPUTS.items():
         server.add_tool(
-            _tool_function(name, model, getattr(service, name)),
-            name=name,
+            _tool_function(tool_name, model, getattr(service, tool_name)),
+            name=tool_name,
             description=inspect.cleandoc(model.__doc__ or ""),
-            annotations=TOOL_ANNOTATIONS[name],
+            annotations=TOOL_ANNOTATIONS[tool_name],
         )
 
     @server.resource(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -27,6 +27,9 @@ from .jobs import Job, JobKind, WorkerError, WorkerPool, sandbox_available
 from .models import EvaluationResult, TrainingResult
 from .reads import Reads
 from .state import DiscoverySession, ProgressCallback, Sessions
+
+if TYPE_CHECKING:
+    from leads_engine.sandbox import ValidationReport
 
 FIGURES = ("activation_map.png", "training_curves.png")
 
@@ -92,13 +95,13 @@ class Runs:
         except (DiffusionSpecError, ValueError, TypeError) as exc:
             raise DiscoveryError(f"the candidate cannot be built: {exc}") from exc
 
-    async def check_edit(self, source: str, hyperparameters: dict[str, Any]) -> Any:
+    async def check_edit(self, source: str, hyperparameters: dict[str, Any]) -> ValidationReport:
         """The sandbox's report on edited code, tried with the hyper-parameters it will be
         trained with."""
         require_sandbox()
         from leads_engine.sandbox import validate_diffusion_source
 
-        def validate() -> Any:
+        def validate() -> ValidationReport:
             return validate_diffusion_source(source, hyperparameters=hyperparameters)
 
         return await anyio.to_thread.run_sync(validate)

@@ -100,18 +100,23 @@ class DiscoveryService:
         return await self.sessions.start(request, progress)
 
     async def select_reaction(self, request: SelectReaction) -> DraftResult:
+        """Set the draft's reaction model."""
         return await self.drafts.select_reaction(request)
 
     async def select_diffusion(self, request: SelectDiffusion) -> DraftResult:
+        """Set the draft's diffusion to a catalog template."""
         return await self.drafts.select_diffusion(request)
 
     async def refine_diffusion(self, request: RefineDiffusion) -> DraftResult:
+        """Draft = a trained candidate with changed diffusion hyper-parameters."""
         return await self.drafts.refine_diffusion(request)
 
     async def modify_diffusion(self, request: ModifyDiffusion) -> DraftResult:
+        """Draft = edited diffusion code, once the sandbox accepted it."""
         return await self.drafts.modify_diffusion(request)
 
     async def simplify_diffusion(self, request: SimplifyDiffusion) -> DraftResult:
+        """Draft = a variant of a trained candidate with fewer parameters."""
         return await self.drafts.simplify_diffusion(request)
 
     async def train_candidate(
@@ -123,17 +128,21 @@ class DiscoveryService:
         return await self.runs.train(session, spec, request.epochs or session.epochs, progress)
 
     async def query_archive(self, request: QueryArchive) -> QueryResult:
+        """One read-only SELECT, reaction names masked."""
         return await self.reads.query_archive(request)
 
     async def get_candidate(self, request: GetCandidate) -> CandidateRecord:
+        """An archived candidate, reaction names masked."""
         return await self.reads.get_candidate(request)
 
     async def finetune_candidate(
         self, request: FinetuneCandidate, progress: ProgressCallback | None = None
     ) -> TrainingResult:
+        """Continue training a candidate from its stored weights (no budget used)."""
         return await self.runs.finetune(request, progress)
 
     async def evaluate_candidate(self, request: EvaluateCandidate) -> EvaluationResult:
+        """Score a trained candidate, write its figures and archive the scores."""
         return await self.runs.evaluate(request)
 
     async def record_step(self, request: RecordStep) -> StepRecorded:
@@ -147,13 +156,17 @@ class DiscoveryService:
     # ------------------------------------------------------------------ resources
 
     def template_source(self, name: str) -> str:
+        """The Python source of a diffusion template."""
         return catalog_view.template_source(name)
 
     def figure(self, candidate_id: str, name: str) -> bytes:
+        """A PNG written by evaluate_candidate."""
         return self.runs.figure(candidate_id, name)
 
     def weights(self, candidate_id: str) -> bytes:
+        """The trained state dict (``torch.save`` bytes) of a candidate."""
         return self.reads.weights(candidate_id)
 
     async def session_summary(self, session_id: str) -> SessionSummary:
+        """Configuration, budget, draft and candidates of a session."""
         return await self.reads.session_summary(session_id)

@@ -156,7 +156,7 @@ class Sessions:
             dataset_path=path,
             dataset=dataset,
             budget=int(row["budget"] or 0),
-            epochs=int(config.get("epochs", 3)),
+            epochs=int(config.get("epochs", StartSession().epochs)),  # the tool's default
             seed=int(row["seed"] or 0),
             aliases=ReactionAliases(config.get("aliases") or {}),
             batch_size=config.get("batch_size"),
