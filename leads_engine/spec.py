@@ -11,7 +11,58 @@ from __future__ import annotations
 import hashlib
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .diffusion import resolve_hyperparameters, template_info
+from .reactions import NeuralReaction, resolve_reaction_name
+
+# ---------------------------------------------------------------------------- validity
+# The rules a spec obeys, checked once when it is built (CandidateSpec's validator); the server
+# checks a draft's parts with the same two functions before the whole spec exists.
+
+#: structural options of the 'neural' reaction; catalog reactions take none
+NEURAL_HYPERPARAMETERS = ("hidden", "layers", "n_recovery")
+
+
+class UnknownReactionError(ValueError):
+    """A reaction name that is neither a catalog name, a short alias nor 'neural'."""
+
+
+def resolve_reaction(
+    name: str, hyperparameters: dict[str, int] | None = None
+) -> tuple[str, dict[str, int]]:
+    """The canonical name of reaction ``name`` (catalog name, short alias such as ``ap``, or
+    ``neural``) and its checked hyper-parameters; ValueError says what is wrong."""
+    values = dict(hyperparameters or {})
+    if name == NeuralReaction.name:
+        unknown = sorted(set(values) - set(NEURAL_HYPERPARAMETERS))
+        if unknown:
+            raise ValueError(
+                f"unknown hyper-parameter(s) {unknown} for 'neural'; allowed: "
+                f"{', '.join(NEURAL_HYPERPARAMETERS)}"
+            )
+        try:
+            NeuralReaction(**values)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"invalid hyper-parameters for 'neural': {exc}") from exc
+        return name, values
+    try:
+        canonical = resolve_reaction_name(name)
+    except ValueError as exc:
+        raise UnknownReactionError(f"{exc}, or 'neural'") from exc
+    if values:
+        raise ValueError(
+            f"reaction {name!r} takes no hyper-parameters (only 'neural' does: "
+            f"{', '.join(NEURAL_HYPERPARAMETERS)}); pass hyperparameters={{}}"
+        )
+    return canonical, values
+
+
+def resolve_diffusion(template: str, hyperparameters: dict[str, object] | None = None) -> dict:
+    """The hyper-parameters of catalog template ``template``, completed with the catalog
+    defaults and checked (:class:`~leads_engine.diffusion.DiffusionSpecError` otherwise)."""
+    return resolve_hyperparameters(template, dict(hyperparameters or {}))
+
 
 Operation = Literal["select", "refine", "modify", "simplify", "baseline", "finetune"]
 #: Every way a candidate can come about (the archive's ``candidates.operation`` values).
@@ -45,6 +96,31 @@ class CandidateSpec(BaseModel):
     parent_id: str | None = None
     operation: Operation = "select"
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_and_complete(cls, data: object) -> object:
+        """Resolve the reaction to its canonical name and check its hyper-parameters; check the
+        diffusion template and complete its hyper-parameters with the catalog defaults.
+
+        Edited code (``diffusion_source``) keeps its hyper-parameters as given: its own
+        ``Diffusion`` may name them differently from the catalog entry, so only the template
+        name is checked."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        reaction, reaction_hp = data.get("reaction"), data.get("reaction_hyperparameters")
+        if isinstance(reaction, str) and isinstance(reaction_hp, dict | None):
+            data["reaction"], data["reaction_hyperparameters"] = resolve_reaction(
+                reaction, reaction_hp
+            )
+        diffusion, diffusion_hp = data.get("diffusion"), data.get("diffusion_hyperparameters")
+        if isinstance(diffusion, str) and isinstance(diffusion_hp, dict | None):
+            if data.get("diffusion_source") is None:
+                data["diffusion_hyperparameters"] = resolve_diffusion(diffusion, diffusion_hp)
+            else:
+                template_info(diffusion)
+        return data
 
     def code_hash(self) -> str | None:
         """SHA-256 of the edited diffusion source, or None for catalog code."""

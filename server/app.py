@@ -1,15 +1,19 @@
 """The LEADS MCP server: thin tools and resources over :class:`DiscoveryService`.
 
-Every tool takes typed arguments (their pydantic ``Field`` constraints become the published input
-schema), returns a pydantic model (published as the output schema, sent as structured content),
-carries honest annotations (nothing is destructive: the archive is append-only), and turns a
-:class:`DiscoveryError` into an ``isError`` result whose text says what to do instead.
+Every tool takes the fields of its input model (:mod:`leads_server.inputs`) as flat, typed
+arguments (their ``Field`` constraints and defaults become the published input schema), calls
+the :class:`DiscoveryService` method of the same name with the model, returns a pydantic model
+(published as the output schema, sent as structured content), carries honest annotations
+(nothing is destructive: the archive is append-only), and turns a :class:`DiscoveryError` into
+an ``isError`` result whose text says what to do instead.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import Awaitable
+import typing
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -17,29 +21,10 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp_types import ToolAnnotations
 from pydantic import Field
+from pydantic.fields import FieldInfo
 
-from .models import (
-    CandidateId,
-    CandidateRecord,
-    CatalogsResult,
-    DiffusionSource,
-    DraftResult,
-    Epochs,
-    EvaluationResult,
-    Hyperparameters,
-    MaxRows,
-    QueryResult,
-    ReactionHyperparameters,
-    ReactionName,
-    SessionId,
-    SessionStarted,
-    Split,
-    SqlQuery,
-    StepRecorded,
-    TemplateName,
-    TrainingResult,
-)
-from .sessions import FIGURES, DiscoveryError, DiscoveryService
+from .inputs import TOOL_INPUTS, ToolInput
+from .service import FIGURES, DiscoveryError, DiscoveryService
 
 T = TypeVar("T")
 
@@ -61,6 +46,21 @@ DRAFT_EDIT = ToolAnnotations(
 APPEND = ToolAnnotations(
     read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
 )
+TOOL_ANNOTATIONS = {
+    "list_catalogs": READ_ONLY,
+    "start_session": APPEND,
+    "select_reaction": DRAFT_EDIT,
+    "select_diffusion": DRAFT_EDIT,
+    "refine_diffusion": DRAFT_EDIT,
+    "modify_diffusion": APPEND,
+    "simplify_diffusion": DRAFT_EDIT,
+    "train_candidate": APPEND,
+    "query_archive": READ_ONLY,
+    "get_candidate": READ_ONLY,
+    "finetune_candidate": APPEND,
+    "evaluate_candidate": APPEND,
+    "record_step": APPEND,
+}
 
 
 class LeadsServer(MCPServer):
@@ -97,6 +97,50 @@ def _progress(ctx: Context):
     return report
 
 
+def _flat_annotation(field: FieldInfo) -> Any:
+    """A field of an input model as a parameter annotation: its type, constraints and
+    description (the SDK turns each parameter into one property of the input schema)."""
+    metadata = list(field.metadata)
+    if field.description:
+        metadata.append(Field(description=field.description))
+    return Annotated[(field.annotation, *metadata)] if metadata else field.annotation
+
+
+def _tool_function(
+    name: str, model: type[ToolInput], method: Callable[..., Awaitable[Any]]
+) -> Callable[..., Awaitable[Any]]:
+    """The tool function the SDK publishes for ``method``: one flat argument per field of the
+    tool's input model (type, constraints, description and default from the model), plus the
+    request context when ``method`` reports progress; it returns what ``method`` returns."""
+    reports_progress = "progress" in inspect.signature(method).parameters
+    parameters = [
+        inspect.Parameter(
+            field_name,
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=_flat_annotation(field),
+            default=inspect.Parameter.empty if field.is_required() else field.default,
+        )
+        for field_name, field in model.model_fields.items()
+    ]
+    if reports_progress:
+        parameters.insert(
+            0, inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)
+        )
+    result = typing.get_type_hints(method)["return"]
+
+    async def tool(**arguments: Any) -> Any:
+        ctx = arguments.pop("ctx", None)
+        request = model.model_validate(arguments)
+        if reports_progress:
+            return await _tool(method(request, _progress(ctx)))
+        return await _tool(method(request))
+
+    tool.__name__ = tool.__qualname__ = name
+    tool.__signature__ = inspect.Signature(parameters, return_annotation=result)
+    tool.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": result}
+    return tool
+
+
 def build_server(
     archive_path: Path | None = None,
     *,
@@ -114,170 +158,13 @@ def build_server(
     service = DiscoveryService.open(archive_path, start_method, compile_training)
     server = LeadsServer(service, name=name, version=str(__version__), instructions=INSTRUCTIONS)
 
-    @server.tool(annotations=READ_ONLY)
-    async def list_catalogs(
-        session_id: Annotated[
-            str | None,
-            Field(description="show reaction names as this session does (anonymised aliases)"),
-        ] = None,
-    ) -> CatalogsResult:
-        """List the action space: reaction models (with parameters and ranges), diffusion
-        templates (with hyper-parameters, types and ranges) and the search operations."""
-        return await _tool(service.list_catalogs(session_id))
-
-    @server.tool(annotations=APPEND)
-    async def start_session(
-        ctx: Context,
-        dataset: Annotated[
-            str,
-            Field(
-                min_length=1,
-                max_length=500,
-                description="data set name under $LEADS_HOME/datasets, a .npz path, or a "
-                "benchmark name (ap, rm, ms, fhn, fk) that is generated if missing",
-            ),
-        ] = "ap",
-        budget: Annotated[
-            int, Field(ge=1, le=200, description="how many candidates train_candidate may train")
-        ] = 15,
-        anonymise: Annotated[
-            bool, Field(description="show reaction models as reaction_A, reaction_B, ...")
-        ] = True,
-        seed: Annotated[
-            int, Field(ge=0, le=2**31 - 1, description="training seed and alias order")
-        ] = 0,
-        epochs: Annotated[
-            int, Field(ge=1, le=100, description="training epochs per candidate")
-        ] = 3,
-        batch_size: Annotated[
-            int | None,
-            Field(
-                ge=1,
-                le=256,
-                description="trajectories per optimizer step; default: each diffusion "
-                "template's own (catalog batch_size: 2 physical, 10 neural)",
-            ),
-        ] = None,
-    ) -> SessionStarted:
-        """Start a discovery session on a data set; returns its session_id and budget."""
-        return await _tool(
-            service.start_session(
-                dataset, budget, anonymise, seed, epochs, _progress(ctx), batch_size
-            )
+    for tool_name, model in TOOL_INPUTS.items():
+        server.add_tool(
+            _tool_function(tool_name, model, getattr(service, tool_name)),
+            name=tool_name,
+            description=inspect.cleandoc(model.__doc__ or ""),
+            annotations=TOOL_ANNOTATIONS[tool_name],
         )
-
-    @server.tool(annotations=DRAFT_EDIT)
-    async def select_reaction(
-        session_id: SessionId,
-        reaction: ReactionName,
-        hyperparameters: ReactionHyperparameters | None = None,
-    ) -> DraftResult:
-        """Set the reaction model of the draft candidate."""
-        return await _tool(service.select_reaction(session_id, reaction, hyperparameters))
-
-    @server.tool(annotations=DRAFT_EDIT)
-    async def select_diffusion(
-        session_id: SessionId,
-        template: TemplateName,
-        hyperparameters: Hyperparameters | None = None,
-    ) -> DraftResult:
-        """Set the diffusion of the draft to a catalog template (operation 'select')."""
-        return await _tool(service.select_diffusion(session_id, template, hyperparameters))
-
-    @server.tool(annotations=DRAFT_EDIT)
-    async def refine_diffusion(
-        session_id: SessionId,
-        candidate_id: CandidateId,
-        hyperparameters: Hyperparameters,
-    ) -> DraftResult:
-        """Draft = a trained candidate with changed diffusion hyper-parameters (operation
-        'refine'); at least one value must change and all must be within range."""
-        return await _tool(service.refine_diffusion(session_id, candidate_id, hyperparameters))
-
-    @server.tool(annotations=APPEND)
-    async def modify_diffusion(
-        session_id: SessionId,
-        source: DiffusionSource,
-        candidate_id: Annotated[
-            str | None, Field(description="edit the diffusion code of this candidate")
-        ] = None,
-        template: Annotated[
-            str | None, Field(description="or edit this catalog template's code")
-        ] = None,
-    ) -> DraftResult:
-        """Draft = edited diffusion code (operation 'modify'). The code is checked in a sandbox
-        first; refused code is archived as a 'refused' candidate and returned as an error with
-        the reason, line and traceback. Read the original at catalog://diffusion/{name}."""
-        return await _tool(service.modify_diffusion(session_id, source, candidate_id, template))
-
-    @server.tool(annotations=DRAFT_EDIT)
-    async def simplify_diffusion(
-        session_id: SessionId,
-        candidate_id: CandidateId,
-        template: Annotated[
-            str | None, Field(description="a simpler template (default: the candidate's)")
-        ] = None,
-        hyperparameters: Hyperparameters | None = None,
-    ) -> DraftResult:
-        """Draft = a variant of a trained candidate with strictly fewer trainable parameters
-        (operation 'simplify')."""
-        return await _tool(
-            service.simplify_diffusion(session_id, candidate_id, template, hyperparameters)
-        )
-
-    @server.tool(annotations=APPEND)
-    async def train_candidate(
-        ctx: Context,
-        session_id: SessionId,
-        epochs: Annotated[
-            int | None,
-            Field(ge=1, le=100, description="override the session's epochs per candidate"),
-        ] = None,
-    ) -> TrainingResult:
-        """Train the draft candidate (uses one unit of the search budget; reports progress per
-        epoch). Missing parts of the draft come from its parent or the session's latest
-        candidate. Returns the curves, best validation loss and a diagnosis."""
-        return await _tool(service.train_candidate(session_id, epochs, _progress(ctx)))
-
-    @server.tool(annotations=READ_ONLY)
-    async def query_archive(
-        sql: SqlQuery,
-        max_rows: MaxRows = 200,
-        session_id: Annotated[
-            str | None, Field(description="mask reaction names as this session shows them")
-        ] = None,
-    ) -> QueryResult:
-        """Run one read-only SELECT on the archive (tables: sessions, candidates, epochs, steps,
-        evaluations); no file or network access, 5 s time limit."""
-        return await _tool(service.query_archive(sql, max_rows, session_id))
-
-    @server.tool(annotations=READ_ONLY)
-    async def get_candidate(candidate_id: CandidateId) -> CandidateRecord:
-        """One archived candidate: spec, code, status, losses, epochs, evaluations."""
-        return await _tool(service.get_candidate(candidate_id))
-
-    @server.tool(annotations=APPEND)
-    async def finetune_candidate(
-        ctx: Context,
-        session_id: SessionId,
-        candidate_id: CandidateId,
-        epochs: Epochs = 10,
-    ) -> TrainingResult:
-        """Continue training a candidate from its stored weights into a new candidate
-        (operation 'finetune'); does not use the search budget."""
-        return await _tool(
-            service.finetune_candidate(session_id, candidate_id, epochs, _progress(ctx))
-        )
-
-    @server.tool(annotations=APPEND)
-    async def evaluate_candidate(
-        session_id: SessionId,
-        candidate_id: CandidateId,
-        split: Annotated[Split, Field(description="data split to score")] = "test",
-    ) -> EvaluationResult:
-        """Score a trained candidate (trajectory MSE, activation-time MAE), write its
-        activation-map and training-curve figures (candidate:// resources) and archive it."""
-        return await _tool(service.evaluate_candidate(session_id, candidate_id, split))
 
     @server.resource(
         "catalog://diffusion/{name}",
@@ -305,20 +192,6 @@ def build_server(
     )
     async def training_curves(candidate_id: str) -> bytes:
         return await _resource(_async(service.figure, candidate_id, FIGURES[1]))
-
-    @server.tool(annotations=APPEND)
-    async def record_step(
-        session_id: SessionId,
-        thought: Annotated[str, Field(max_length=20_000, description="the reasoning trace")],
-        action: Annotated[
-            dict[str, Any], Field(description="the action taken, e.g. tool names and arguments")
-        ],
-        observation: Annotated[
-            str, Field(max_length=20_000, description="what the agent observed after acting")
-        ] = "",
-    ) -> StepRecorded:
-        """Store one agent step (thought, action, observation) in the archive's steps table."""
-        return await _tool(service.record_step(session_id, thought, action, observation))
 
     @server.resource(
         "candidate://{candidate_id}/weights.pt",

@@ -1,85 +1,17 @@
-"""Typed inputs and structured outputs of the LEADS tools (pydantic; no MCP imports).
+"""Structured outputs of the LEADS tools (pydantic; no MCP imports).
 
-The annotated aliases (``SessionId``, ``CandidateId``, ...) are the tool parameters: the MCP
-layer builds each tool's input schema from them, with their ranges and descriptions. The
-output models are what the tools return; the SDK publishes their JSON schema as the tool's
-``outputSchema`` and sends the dumped model as ``structuredContent``.
+The models are what the tools return; the SDK publishes their JSON schema as the tool's
+``outputSchema`` and sends the dumped model as ``structuredContent``. The tools' inputs are in
+:mod:`leads_server.inputs`.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# ---------------------------------------------------------------------------- inputs
-
-SessionId = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=64,
-        description="session id returned by start_session (s-<12 hex>)",
-    ),
-]
-CandidateId = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=64,
-        description="candidate id returned by train_candidate or finetune_candidate (c-<12 hex>)",
-    ),
-]
-HyperparameterValue = int | float | str
-Hyperparameters = Annotated[
-    dict[str, HyperparameterValue],
-    Field(
-        description="diffusion hyper-parameters by name (see list_catalogs for types and ranges); "
-        "missing ones take the catalog default (select) or the parent's value (refine, simplify)"
-    ),
-]
-TemplateName = Annotated[
-    str,
-    Field(min_length=1, max_length=64, description="diffusion template name from list_catalogs"),
-]
-ReactionName = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=64,
-        description="reaction model as listed by list_catalogs for this session (reaction_A, ... "
-        "when anonymised), or 'neural' for the learned MLP reaction",
-    ),
-]
-ReactionHyperparameters = Annotated[
-    dict[str, int],
-    Field(description="only for reaction='neural': hidden (4-256), layers (1-4), n_recovery (1-3)"),
-]
-DiffusionSource = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=50_000,
-        description="complete Python source of the edited template: it must define "
-        "`class Diffusion(nn.Module)` with `__init__(self, num_nodes, **hyperparameters)` and "
-        "`forward(u, graph)` (or edge_conductance) like the catalog file; imports limited to "
-        "torch, torch_geometric and math",
-    ),
-]
-Epochs = Annotated[int, Field(ge=1, le=100, description="training epochs")]
-Split = Literal["train", "val", "test"]
-SqlQuery = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=20_000,
-        description="one read-only DuckDB SELECT over the tables sessions, candidates, epochs, "
-        "steps, evaluations (e.g. SELECT candidate_id, diffusion, val_loss FROM candidates "
-        "ORDER BY val_loss)",
-    ),
-]
-MaxRows = Annotated[int, Field(ge=1, le=1000, description="at most this many rows are returned")]
-
+from .inputs import HyperparameterValue
 
 # ---------------------------------------------------------------------------- outputs
 

@@ -19,7 +19,7 @@ from leads_server.app import build_server
 from leads_server.archive import INTERRUPTED_ERROR, Archive
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
-from test_server import call, save_tiny
+from server_calls import call, save_tiny
 
 pytestmark = pytest.mark.anyio
 SERVER = [sys.executable, "-m", "leads_server.cli", "--no-compile"]

@@ -1,0 +1,378 @@
+"""Drafts: the five operations that assemble the candidate ``train_candidate`` trains.
+
+``select_reaction``, ``select_diffusion``, ``refine_diffusion``, ``modify_diffusion`` and
+``simplify_diffusion`` each decide one :class:`DraftChange`; :meth:`Drafts._draft` does what
+they share: load the session, resolve the trained parent, apply the change to the draft, record
+the step and reply with the draft (and its parameter count when it is known). A draft's parts are
+checked by the spec's own rules; the whole spec is checked once, when :meth:`Drafts.complete`
+builds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from leads_engine.spec import CandidateSpec, UnknownReactionError, resolve_reaction
+
+from .catalog_view import reaction_names
+from .errors import DiscoveryError, checked_diffusion, checked_spec
+from .inputs import (
+    ModifyDiffusion,
+    RefineDiffusion,
+    SelectDiffusion,
+    SelectReaction,
+    SimplifyDiffusion,
+)
+from .models import DraftResult
+from .reads import Parent, Reads
+from .runs import Runs, require_sandbox
+from .state import DiscoverySession, Draft, Sessions
+
+
+@dataclass(frozen=True)
+class DraftChange:
+    """What one draft operation does: the draft fields it sets, the step it archives (the
+    action's arguments and a text, real names) and its reply; ``parameter_count`` when the
+    operation counted."""
+
+    fields: dict[str, Any]
+    action: dict[str, Any]
+    note: str
+    message: str
+    parameter_count: int | None = None
+
+
+Decide = Callable[[DiscoverySession, Parent | None], Awaitable[DraftChange]]
+
+
+class Drafts:
+    """The draft operations of the sessions of one archive."""
+
+    def __init__(self, sessions: Sessions, reads: Reads, runs: Runs) -> None:
+        self.sessions = sessions
+        self.reads = reads
+        self.runs = runs
+
+    async def _draft(
+        self, tool: str, session_id: str, parent_id: str | None, decide: Decide
+    ) -> DraftResult:
+        """Load the session and the trained parent, apply the change ``decide`` makes, record
+        it as a step of ``tool`` and reply with the new draft."""
+        session = await self.sessions.get(session_id)
+        parent = None if parent_id is None else self.reads.trained_parent(parent_id, session)
+        change = await decide(session, parent)
+        session.draft = replace(session.draft, **change.fields)
+        self.sessions.record_step(session, {"tool": tool, **change.action}, change.note)
+        count = change.parameter_count
+        if count is None:
+            count = await self._known_count(session)
+        return DraftResult(
+            session_id=session.session_id,
+            draft=session.draft_view(count),
+            budget_left=session.budget_left,
+            message=change.message,
+        )
+
+    async def _known_count(self, session: DiscoverySession) -> int | None:
+        """The draft's parameter count when it is complete catalog code, else None."""
+        if session.draft.diffusion_source is not None:
+            return None
+        try:
+            spec = self.complete(session)
+            if spec.diffusion_source is not None:
+                return None
+            return await self.runs.parameter_count(spec, session)
+        except DiscoveryError:
+            return None
+
+    # ------------------------------------------------------------------ the five operations
+
+    async def select_reaction(self, request: SelectReaction) -> DraftResult:
+        """Set the draft's reaction model."""
+
+        async def decide(session: DiscoverySession, parent: Parent | None) -> DraftChange:
+            aliases = session.aliases
+            try:
+                real, hp = resolve_reaction(aliases.real(request.reaction), request.hyperparameters)
+            except UnknownReactionError as exc:
+                raise DiscoveryError(
+                    f"unknown reaction {request.reaction!r}; this session's reactions: "
+                    f"{', '.join(reaction_names(aliases))}"
+                ) from exc
+            except ValueError as exc:
+                raise DiscoveryError(aliases.mask_text(str(exc))) from exc
+            next_step = (
+                "select a diffusion next"
+                if session.draft.diffusion is None
+                else "call train_candidate to train the draft"
+            )
+            return DraftChange(
+                fields={"reaction": real, "reaction_hyperparameters": hp},
+                action={"reaction": real, "hyperparameters": hp},
+                note=f"draft reaction {real}",
+                message=f"reaction {aliases.show(real)} selected; {next_step}",
+            )
+
+        return await self._draft("select_reaction", request.session_id, None, decide)
+
+    async def select_diffusion(self, request: SelectDiffusion) -> DraftResult:
+        """Set the draft's diffusion to a catalog template (operation ``select``)."""
+        template = request.template
+
+        async def decide(session: DiscoverySession, parent: Parent | None) -> DraftChange:
+            resolved = checked_diffusion(template, request.hyperparameters)
+            next_step = (
+                "call train_candidate"
+                if session.draft.reaction is not None or session.last_candidate_id
+                else "select a reaction next"
+            )
+            return DraftChange(
+                fields=_diffusion(template, resolved, None, None, "select"),
+                action={"template": template, "hyperparameters": resolved},
+                note=f"draft diffusion {template} {resolved}",
+                message=f"diffusion {template} selected; {next_step}",
+            )
+
+        return await self._draft("select_diffusion", request.session_id, None, decide)
+
+    async def refine_diffusion(self, request: RefineDiffusion) -> DraftResult:
+        """Draft = the candidate with changed diffusion hyper-parameters (operation ``refine``)."""
+        candidate_id = request.candidate_id
+
+        async def decide(session: DiscoverySession, parent: Parent | None) -> DraftChange:
+            assert parent is not None
+            spec = parent.spec
+            if not request.hyperparameters:
+                raise DiscoveryError(
+                    "refine_diffusion needs at least one hyper-parameter to change; the "
+                    f"candidate has {spec.diffusion_hyperparameters}"
+                )
+            merged = {**spec.diffusion_hyperparameters, **request.hyperparameters}
+            resolved = checked_diffusion(spec.diffusion, merged)
+            if resolved == spec.diffusion_hyperparameters:  # complete since it was loaded
+                raise DiscoveryError(
+                    f"refine_diffusion changes nothing: {candidate_id} already has {resolved}; "
+                    "pass a different value"
+                )
+            return DraftChange(
+                fields=_diffusion(
+                    spec.diffusion, resolved, spec.diffusion_source, candidate_id, "refine"
+                ),
+                action={"candidate_id": candidate_id, "hyperparameters": resolved},
+                note=f"draft refines {candidate_id}: {spec.diffusion} {resolved}",
+                message=f"refined {spec.diffusion} of {candidate_id}; call train_candidate",
+            )
+
+        return await self._draft("refine_diffusion", request.session_id, candidate_id, decide)
+
+    async def modify_diffusion(self, request: ModifyDiffusion) -> DraftResult:
+        """Draft = edited code of a candidate's or a template's diffusion (operation
+        ``modify``), after the sandbox accepted it with the hyper-parameters it will be trained
+        with; a refusal is archived as ``refused``."""
+        candidate_id, template, source = request.candidate_id, request.template, request.source
+        one_thing = (candidate_id is None) != (template is None)
+        edit = {"candidate_id": candidate_id, "template": template}
+
+        async def decide(session: DiscoverySession, parent: Parent | None) -> DraftChange:
+            if not one_thing:
+                raise DiscoveryError(
+                    "modify_diffusion edits one thing: pass either candidate_id (edit that "
+                    "candidate's diffusion code) or template (edit a catalog template), not both"
+                )
+            if parent is not None:
+                base, hp = parent.spec.diffusion, dict(parent.spec.diffusion_hyperparameters)
+                reaction = session.draft.reaction or parent.spec.reaction
+            else:
+                assert template is not None
+                base, hp = template, checked_diffusion(template, None)
+                reaction = session.draft.reaction
+            report = await self.runs.check_edit(source, hp)
+            if not report.accepted:
+                refused = {
+                    "reaction": reaction,
+                    "diffusion": base,
+                    "diffusion_hyperparameters": hp,
+                    "diffusion_source": source,
+                    "parent_id": candidate_id,
+                    "operation": "modify",
+                    "seed": session.seed,
+                }
+                refused_id = self.runs.record_refusal(session, refused, report.message)
+                self.sessions.record_step(
+                    session,
+                    {"tool": "modify_diffusion", **edit},
+                    f"refused ({refused_id}): {report.message}",
+                )
+                raise DiscoveryError(
+                    f"the edited code was refused (archived as {refused_id}, no budget used): "
+                    f"{report.message}\nFix the code and call modify_diffusion again."
+                )
+            return DraftChange(
+                fields=_diffusion(base, hp, source, candidate_id, "modify"),
+                action=edit,
+                note=f"draft modifies {candidate_id or template}: accepted",
+                message="the edited code passed the sandbox checks; call train_candidate",
+            )
+
+        return await self._draft(
+            "modify_diffusion", request.session_id, candidate_id if one_thing else None, decide
+        )
+
+    async def simplify_diffusion(self, request: SimplifyDiffusion) -> DraftResult:
+        """Draft = a variant of the candidate with strictly fewer trainable parameters
+        (another template, or the same template with smaller hyper-parameters)."""
+        candidate_id, template = request.candidate_id, request.template
+
+        async def decide(session: DiscoverySession, parent: Parent | None) -> DraftChange:
+            assert parent is not None
+            spec = parent.spec
+            if template is None and not request.hyperparameters:
+                raise DiscoveryError(
+                    "simplify_diffusion needs a simpler template or smaller hyper-parameters"
+                )
+            if template is None or template == spec.diffusion:
+                base, source = spec.diffusion, spec.diffusion_source
+                merged = {**spec.diffusion_hyperparameters, **(request.hyperparameters or {})}
+            else:
+                base, merged, source = template, dict(request.hyperparameters or {}), None
+            draft = session.draft
+            variant = checked_spec(
+                {
+                    "reaction": draft.reaction or spec.reaction,
+                    "reaction_hyperparameters": (
+                        draft.reaction_hyperparameters
+                        if draft.reaction
+                        else spec.reaction_hyperparameters
+                    ),
+                    "diffusion": base,
+                    # the spec completes catalog code's hyper-parameters; edited code keeps
+                    # them as given, so they are checked against its template here
+                    "diffusion_hyperparameters": (
+                        merged if source is None else checked_diffusion(base, merged)
+                    ),
+                    "diffusion_source": source,
+                    "parent_id": candidate_id,
+                    "operation": "simplify",
+                    "seed": session.seed,
+                }
+            )
+            resolved = variant.diffusion_hyperparameters
+            count = await self.runs.parameter_count(variant, session)
+            parent_count = parent.parameter_count
+            if parent_count is None:
+                parent_count = await self.runs.parameter_count(spec, session)
+            if count >= parent_count:
+                raise DiscoveryError(
+                    f"not a simplification: {base} {resolved} has {count} trainable parameters, "
+                    f"the parent {candidate_id} has {parent_count}; choose a template or "
+                    "hyper-parameters with fewer parameters"
+                )
+            return DraftChange(
+                fields=_diffusion(base, resolved, source, candidate_id, "simplify"),
+                action={
+                    "candidate_id": candidate_id,
+                    "template": base,
+                    "hyperparameters": resolved,
+                },
+                note=f"draft simplifies {candidate_id}: {count} < {parent_count} parameters",
+                message=f"{count} parameters instead of {parent_count}; call train_candidate",
+                parameter_count=count,
+            )
+
+        return await self._draft("simplify_diffusion", request.session_id, candidate_id, decide)
+
+    # ------------------------------------------------------------------ the whole spec
+
+    def complete(self, session: DiscoverySession) -> CandidateSpec:
+        """The draft as a full spec, missing parts from its parent or else the session's latest
+        candidate; a DiscoveryError says what is missing."""
+        draft = session.draft
+        if draft.empty:
+            raise DiscoveryError(
+                "nothing to train: build a candidate first with select_reaction and "
+                "select_diffusion (or refine_diffusion / modify_diffusion / simplify_diffusion)"
+            )
+        reference_id = draft.parent_id or session.last_candidate_id
+        reference = None if reference_id is None else self.reads.spec(reference_id)
+        parent_id = draft.parent_id
+        partial = draft.reaction is None or draft.diffusion is None
+        if reference is None and partial:
+            missing = "select_reaction" if draft.reaction is None else "select_diffusion"
+            raise DiscoveryError(
+                f"the draft is incomplete and the session has no earlier candidate to take the "
+                f"missing part from: call {missing} first"
+            )
+        if reference is not None and parent_id is None and partial:
+            parent_id = session.last_candidate_id
+        return checked_spec(
+            {
+                **_reaction_part(draft, reference),
+                **_diffusion_part(draft, reference),
+                "parent_id": parent_id,
+                "operation": draft.operation,
+                "seed": session.seed,
+            }
+        )
+
+    def take(self, session: DiscoverySession) -> CandidateSpec:
+        """Take the draft for training: one unit of budget; the draft is cleared."""
+        if session.steps_used >= session.budget:
+            raise DiscoveryError(
+                f"search budget exhausted ({session.steps_used} of {session.budget} candidates "
+                "trained); finetune_candidate and evaluate_candidate remain available"
+            )
+        spec = self.complete(session)
+        if spec.diffusion_source is not None:
+            require_sandbox()
+        session.draft = Draft()
+        session.steps_used += 1
+        return spec
+
+
+def _diffusion(
+    template: str,
+    hyperparameters: dict[str, Any],
+    source: str | None,
+    parent_id: str | None,
+    operation: str,
+) -> dict[str, Any]:
+    """The draft fields of a diffusion change."""
+    return {
+        "diffusion": template,
+        "diffusion_hyperparameters": hyperparameters,
+        "diffusion_source": source,
+        "parent_id": parent_id,
+        "operation": operation,
+    }
+
+
+def _reaction_part(draft: Draft, reference: CandidateSpec | None) -> dict[str, Any]:
+    if draft.reaction is not None:
+        return {
+            "reaction": draft.reaction,
+            "reaction_hyperparameters": dict(draft.reaction_hyperparameters),
+            "reaction_parameters": {},
+        }
+    assert reference is not None
+    return {
+        "reaction": reference.reaction,
+        "reaction_hyperparameters": dict(reference.reaction_hyperparameters),
+        "reaction_parameters": dict(reference.reaction_parameters),
+    }
+
+
+def _diffusion_part(draft: Draft, reference: CandidateSpec | None) -> dict[str, Any]:
+    if draft.diffusion is not None:
+        return {
+            "diffusion": draft.diffusion,
+            "diffusion_hyperparameters": dict(draft.diffusion_hyperparameters),
+            "diffusion_source": draft.diffusion_source,
+        }
+    assert reference is not None
+    return {
+        "diffusion": reference.diffusion,
+        "diffusion_hyperparameters": dict(reference.diffusion_hyperparameters),
+        "diffusion_source": reference.diffusion_source,
+    }

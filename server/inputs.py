@@ -1,0 +1,260 @@
+"""One input model per tool: its arguments, their types, ranges, defaults and descriptions.
+
+Each model is the single place a tool's defaults live. The MCP layer publishes every field as a
+flat tool argument (the input schema clients see has the field names at top level) and the
+model's docstring as the tool's description; the service methods take the models.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# ---------------------------------------------------------------------------- argument types
+
+SessionId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        description="session id returned by start_session (s-<12 hex>)",
+    ),
+]
+CandidateId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        description="candidate id returned by train_candidate or finetune_candidate (c-<12 hex>)",
+    ),
+]
+HyperparameterValue = int | float | str
+Hyperparameters = Annotated[
+    dict[str, HyperparameterValue],
+    Field(
+        description="diffusion hyper-parameters by name (see list_catalogs for types and ranges); "
+        "missing ones take the catalog default (select) or the parent's value (refine, simplify)"
+    ),
+]
+TemplateName = Annotated[
+    str,
+    Field(min_length=1, max_length=64, description="diffusion template name from list_catalogs"),
+]
+ReactionName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        description="reaction model as listed by list_catalogs for this session (reaction_A, ... "
+        "when anonymised), or 'neural' for the learned MLP reaction",
+    ),
+]
+ReactionHyperparameters = Annotated[
+    dict[str, int],
+    Field(description="only for reaction='neural': hidden (4-256), layers (1-4), n_recovery (1-3)"),
+]
+DiffusionSource = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=50_000,
+        description="complete Python source of the edited template: it must define "
+        "`class Diffusion(nn.Module)` with `__init__(self, num_nodes, **hyperparameters)` and "
+        "`forward(u, graph)` (or edge_conductance) like the catalog file; imports limited to "
+        "torch, torch_geometric and math",
+    ),
+]
+Epochs = Annotated[int, Field(ge=1, le=100, description="training epochs")]
+Split = Literal["train", "val", "test"]
+SqlQuery = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=20_000,
+        description="one read-only DuckDB SELECT over the tables sessions, candidates, epochs, "
+        "steps, evaluations (e.g. SELECT candidate_id, diffusion, val_loss FROM candidates "
+        "ORDER BY val_loss)",
+    ),
+]
+MaxRows = Annotated[int, Field(ge=1, le=1000, description="at most this many rows are returned")]
+
+
+class ToolInput(BaseModel):
+    """The arguments of one tool (subclasses are published field by field)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------- one per tool
+
+
+class ListCatalogs(ToolInput):
+    """List the action space: reaction models (with parameters and ranges), diffusion
+    templates (with hyper-parameters, types and ranges) and the search operations."""
+
+    session_id: Annotated[
+        str | None,
+        Field(description="show reaction names as this session does (anonymised aliases)"),
+    ] = None
+
+
+class StartSession(ToolInput):
+    """Start a discovery session on a data set; returns its session_id and budget."""
+
+    dataset: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=500,
+            description="data set name under $LEADS_HOME/datasets, a .npz path, or a "
+            "benchmark name (ap, rm, ms, fhn, fk) that is generated if missing",
+        ),
+    ] = "ap"
+    budget: Annotated[
+        int, Field(ge=1, le=200, description="how many candidates train_candidate may train")
+    ] = 15
+    anonymise: Annotated[
+        bool, Field(description="show reaction models as reaction_A, reaction_B, ...")
+    ] = True
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1, description="training seed and alias order")] = 0
+    epochs: Annotated[int, Field(ge=1, le=100, description="training epochs per candidate")] = 3
+    batch_size: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=256,
+            description="trajectories per optimizer step; default: each diffusion "
+            "template's own (catalog batch_size: 2 physical, 10 neural)",
+        ),
+    ] = None
+
+
+class SelectReaction(ToolInput):
+    """Set the reaction model of the draft candidate."""
+
+    session_id: SessionId
+    reaction: ReactionName
+    hyperparameters: ReactionHyperparameters | None = None
+
+
+class SelectDiffusion(ToolInput):
+    """Set the diffusion of the draft to a catalog template (operation 'select')."""
+
+    session_id: SessionId
+    template: TemplateName
+    hyperparameters: Hyperparameters | None = None
+
+
+class RefineDiffusion(ToolInput):
+    """Draft = a trained candidate with changed diffusion hyper-parameters (operation
+    'refine'); at least one value must change and all must be within range."""
+
+    session_id: SessionId
+    candidate_id: CandidateId
+    hyperparameters: Hyperparameters
+
+
+class ModifyDiffusion(ToolInput):
+    """Draft = edited diffusion code (operation 'modify'). The code is checked in a sandbox
+    first; refused code is archived as a 'refused' candidate and returned as an error with
+    the reason, line and traceback. Read the original at catalog://diffusion/{name}."""
+
+    session_id: SessionId
+    source: DiffusionSource
+    candidate_id: Annotated[
+        str | None, Field(description="edit the diffusion code of this candidate")
+    ] = None
+    template: Annotated[str | None, Field(description="or edit this catalog template's code")] = (
+        None
+    )
+
+
+class SimplifyDiffusion(ToolInput):
+    """Draft = a variant of a trained candidate with strictly fewer trainable parameters
+    (operation 'simplify')."""
+
+    session_id: SessionId
+    candidate_id: CandidateId
+    template: Annotated[
+        str | None, Field(description="a simpler template (default: the candidate's)")
+    ] = None
+    hyperparameters: Hyperparameters | None = None
+
+
+class TrainCandidate(ToolInput):
+    """Train the draft candidate (uses one unit of the search budget; reports progress per
+    epoch). Missing parts of the draft come from its parent or the session's latest
+    candidate. Returns the curves, best validation loss and a diagnosis."""
+
+    session_id: SessionId
+    epochs: Annotated[
+        int | None,
+        Field(ge=1, le=100, description="override the session's epochs per candidate"),
+    ] = None
+
+
+class QueryArchive(ToolInput):
+    """Run one read-only SELECT on the archive (tables: sessions, candidates, epochs, steps,
+    evaluations); no file or network access, 5 s time limit."""
+
+    sql: SqlQuery
+    max_rows: MaxRows = 200
+    session_id: Annotated[
+        str | None, Field(description="mask reaction names as this session shows them")
+    ] = None
+
+
+class GetCandidate(ToolInput):
+    """One archived candidate: spec, code, status, losses, epochs, evaluations."""
+
+    candidate_id: CandidateId
+
+
+class FinetuneCandidate(ToolInput):
+    """Continue training a candidate from its stored weights into a new candidate
+    (operation 'finetune'); does not use the search budget."""
+
+    session_id: SessionId
+    candidate_id: CandidateId
+    epochs: Epochs = 10
+
+
+class EvaluateCandidate(ToolInput):
+    """Score a trained candidate (trajectory MSE, activation-time MAE), write its
+    activation-map and training-curve figures (candidate:// resources) and archive it."""
+
+    session_id: SessionId
+    candidate_id: CandidateId
+    split: Annotated[Split, Field(description="data split to score")] = "test"
+
+
+class RecordStep(ToolInput):
+    """Store one agent step (thought, action, observation) in the archive's steps table."""
+
+    session_id: SessionId
+    thought: Annotated[str, Field(max_length=20_000, description="the reasoning trace")]
+    action: Annotated[
+        dict[str, Any], Field(description="the action taken, e.g. tool names and arguments")
+    ]
+    observation: Annotated[
+        str, Field(max_length=20_000, description="what the agent observed after acting")
+    ] = ""
+
+
+#: the tools in the order they are published, by name
+TOOL_INPUTS: dict[str, type[ToolInput]] = {
+    "list_catalogs": ListCatalogs,
+    "start_session": StartSession,
+    "select_reaction": SelectReaction,
+    "select_diffusion": SelectDiffusion,
+    "refine_diffusion": RefineDiffusion,
+    "modify_diffusion": ModifyDiffusion,
+    "simplify_diffusion": SimplifyDiffusion,
+    "train_candidate": TrainCandidate,
+    "query_archive": QueryArchive,
+    "get_candidate": GetCandidate,
+    "finetune_candidate": FinetuneCandidate,
+    "evaluate_candidate": EvaluateCandidate,
+    "record_step": RecordStep,
+}

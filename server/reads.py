@@ -1,0 +1,153 @@
+"""Reads of the archive, masked with the session's reaction aliases: candidates (and their
+specs), agent SQL queries, session summaries and weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import anyio
+import anyio.to_thread
+
+from leads_engine.spec import CandidateSpec
+
+from .anonymise import ReactionAliases
+from .archive import Archive, ArchiveError, CandidateDetail
+from .errors import DiscoveryError, checked_spec
+from .inputs import GetCandidate, QueryArchive
+from .models import CandidateRecord, QueryResult, SessionSummary
+from .state import DiscoverySession, Sessions
+
+QUERY_TIMEOUT_S = 5.0
+SUMMARY_COLUMNS = (
+    "candidate_id",
+    "status",
+    "operation",
+    "parent_id",
+    "reaction",
+    "diffusion",
+    "val_loss",
+    "parameter_count",
+)
+
+
+@dataclass(frozen=True)
+class Parent:
+    """A trained candidate that a draft derives from."""
+
+    candidate_id: str
+    spec: CandidateSpec
+    parameter_count: int | None
+
+
+class Reads:
+    """Archive reads for the tools; every unknown or foreign id is a DiscoveryError."""
+
+    def __init__(self, archive: Archive, sessions: Sessions) -> None:
+        self.archive = archive
+        self.sessions = sessions
+
+    def candidate(
+        self, candidate_id: str, session: DiscoverySession | None = None
+    ) -> CandidateDetail:
+        """The archived candidate (of ``session`` when given)."""
+        try:
+            candidate = self.archive.get_candidate(candidate_id)
+        except ArchiveError as exc:
+            hint = (
+                "; list this session's candidates with query_archive (SELECT candidate_id, "
+                f"status FROM candidates WHERE session_id = '{session.session_id}')"
+                if session
+                else ""
+            )
+            raise DiscoveryError(f"unknown candidate {candidate_id!r}{hint}") from exc
+        if session is not None and candidate.session_id != session.session_id:
+            raise DiscoveryError(
+                f"candidate {candidate_id!r} belongs to session {candidate.session_id!r}, not "
+                f"{session.session_id!r}; use a candidate of this session"
+            )
+        return candidate
+
+    @staticmethod
+    def spec_of(candidate: CandidateDetail) -> CandidateSpec:
+        """The archived spec of a candidate, validated as it is loaded."""
+        return checked_spec(candidate.spec)
+
+    def spec(self, candidate_id: str) -> CandidateSpec:
+        """The spec of any archived candidate."""
+        return self.spec_of(self.candidate(candidate_id))
+
+    def trained_parent(self, candidate_id: str, session: DiscoverySession) -> Parent:
+        """A candidate of ``session`` that finished training (a draft's parent)."""
+        candidate = self.candidate(candidate_id, session)
+        if candidate.status in ("refused", "pending"):
+            raise DiscoveryError(
+                f"candidate {candidate_id!r} is {candidate.status}: derive from a trained candidate"
+            )
+        return Parent(candidate_id, self.spec_of(candidate), candidate.parameter_count)
+
+    def stored_weights(self, candidate_id: str) -> bytes | None:
+        """The trained state dict (``torch.save`` bytes) of a candidate, if it has one."""
+        return self.archive.get_weights(candidate_id)
+
+    def weights(self, candidate_id: str) -> bytes:
+        """The trained state dict of a candidate; a DiscoveryError when it has none."""
+        self.candidate(candidate_id)
+        data = self.stored_weights(candidate_id)
+        if data is None:
+            raise DiscoveryError(f"{candidate_id} has no weights (not trained successfully)")
+        return data
+
+    async def query_archive(self, request: QueryArchive) -> QueryResult:
+        """One read-only SELECT; reaction names masked with the session's aliases (the given
+        session, else the most recent anonymised one of this server)."""
+        if request.session_id is not None:
+            aliases = await self.sessions.aliases(request.session_id)
+        else:
+            latest = self.sessions.store.latest_anonymised()
+            aliases = latest.aliases if latest else ReactionAliases.disabled()
+        try:
+            result = await anyio.to_thread.run_sync(
+                self.archive.query,
+                aliases.unmask_sql(request.sql),
+                request.max_rows,
+                QUERY_TIMEOUT_S,
+            )
+        except ArchiveError as exc:
+            raise DiscoveryError(aliases.mask_text(str(exc))) from exc
+        return QueryResult(
+            columns=aliases.mask(result.columns),
+            rows=aliases.mask(result.rows),
+            row_count=result.row_count,
+            truncated=result.truncated,
+        )
+
+    async def get_candidate(self, request: GetCandidate) -> CandidateRecord:
+        """An archived candidate, names masked with its session's aliases."""
+        candidate = self.candidate(request.candidate_id)
+        aliases = self.sessions.aliases_of_archived(candidate.session_id)
+        return CandidateRecord.model_validate(aliases.mask(candidate.as_dict()))
+
+    async def session_summary(self, session_id: str) -> SessionSummary:
+        """Configuration, budget, draft and candidates of a session."""
+        session = await self.sessions.get(session_id)
+        row = self.sessions.row(session_id)
+        best = self.archive.best_candidate(session_id)
+        candidates = [
+            {key: getattr(c, key) for key in SUMMARY_COLUMNS}
+            for c in self.archive.list_candidates(session_id)
+        ]
+        return SessionSummary(
+            session_id=session_id,
+            dataset=session.dataset_name,
+            dataset_path=str(session.dataset_path),
+            status=row.status,
+            budget=session.budget,
+            steps_used=session.steps_used,
+            budget_left=session.budget_left,
+            epochs_per_candidate=session.epochs,
+            seed=session.seed,
+            anonymised=session.aliases.enabled,
+            draft=None if session.draft.empty else session.draft_view(None),
+            best_candidate_id=None if best is None else best.candidate_id,
+            candidates=session.aliases.mask(candidates),
+        )

@@ -1,0 +1,346 @@
+"""Runs of candidate code: counting parameters, checking edited code, training, fine-tuning and
+evaluating (with figures), and their archive writes.
+
+Catalog code is counted in a thread; anything that executes edited code, and every training or
+evaluation, runs in a worker process (:mod:`leads_server.jobs`). Archive access here: candidates
+(begun, refused, finished), their epochs and evaluations.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+
+from leads_engine.dataset import leads_home
+from leads_engine.diffusion import DiffusionSpecError
+from leads_engine.spec import CandidateSpec
+
+from .archive import Archive
+from .errors import SANDBOX_MISSING, DiscoveryError
+from .inputs import EvaluateCandidate, FinetuneCandidate
+from .jobs import Job, JobKind, WorkerError, WorkerPool, sandbox_available
+from .models import EvaluationResult, TrainingResult
+from .reads import Reads
+from .state import DiscoverySession, ProgressCallback, Sessions
+
+if TYPE_CHECKING:
+    from leads_engine.diffusion_trial import ValidationReport
+
+FIGURES = ("activation_map.png", "training_curves.png")
+
+
+def _finite(values: list[Any]) -> list[float | None]:
+    return [float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None for v in values]
+
+
+def _opt_finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def require_sandbox() -> None:
+    """Refuse to go on when edited code could not be confined (the sandbox is missing)."""
+    if not sandbox_available():
+        raise DiscoveryError(SANDBOX_MISSING)
+
+
+def figure_dir(session_id: str, candidate_id: str) -> Path:
+    """Where evaluate_candidate writes a candidate's figures."""
+    return leads_home() / "runs" / session_id / candidate_id
+
+
+class Runs:
+    """Executes candidates for the sessions of one archive."""
+
+    def __init__(
+        self,
+        archive: Archive,
+        pool: WorkerPool,
+        sessions: Sessions,
+        reads: Reads,
+        compile_training: bool = True,
+    ) -> None:
+        self.archive = archive
+        self.pool = pool
+        self.sessions = sessions
+        self.reads = reads
+        self.compile_training = compile_training
+
+    # ------------------------------------------------------------------ before training
+
+    async def parameter_count(self, spec: CandidateSpec, session: DiscoverySession) -> int:
+        """Trainable parameters of ``spec`` on the session's mesh; edited code is counted in a
+        sandboxed worker, catalog code in a thread."""
+        if spec.diffusion_source is not None:
+            require_sandbox()
+            try:
+                result = await self.pool.run(
+                    Job("count", spec.model_dump_json(), str(session.dataset_path))
+                )
+            except WorkerError as exc:
+                raise DiscoveryError(f"the edited code cannot be built: {exc}") from exc
+            return int(result["parameter_count"])
+
+        def count() -> int:
+            from leads_engine.hybrid import HybridModel
+
+            return HybridModel.from_spec(spec, session.dataset.n_nodes).parameter_count()
+
+        try:
+            return await anyio.to_thread.run_sync(count)
+        except (DiffusionSpecError, ValueError, TypeError) as exc:
+            raise DiscoveryError(f"the candidate cannot be built: {exc}") from exc
+
+    async def check_edit(self, source: str, hyperparameters: dict[str, Any]) -> ValidationReport:
+        """The sandbox's report on edited code, tried with the hyper-parameters it will be
+        trained with."""
+        require_sandbox()
+        from leads_engine.diffusion_trial import validate_diffusion_source
+
+        def validate() -> ValidationReport:
+            return validate_diffusion_source(source, hyperparameters=hyperparameters)
+
+        return await anyio.to_thread.run_sync(validate)
+
+    def record_refusal(
+        self, session: DiscoverySession, refused: dict[str, Any], message: str
+    ) -> str:
+        """Archive refused edited code as a 'refused' candidate (no budget used); its id.
+
+        ``refused`` holds the spec's fields as drafted. It is stored as given, without the
+        spec's checks: code may be refused before any reaction was chosen."""
+        spec = CandidateSpec.model_construct(**refused)
+        return self.archive.record_refusal(session.session_id, spec, message)
+
+    # ------------------------------------------------------------------ training
+
+    def _job(
+        self,
+        kind: JobKind,
+        spec: CandidateSpec,
+        session: DiscoverySession,
+        weights: bytes | None,
+        **settings: Any,
+    ) -> Job:
+        """A worker job on the session's data set with its batch size and these weights."""
+        return Job(
+            kind,
+            spec.model_dump_json(),
+            str(session.dataset_path),
+            batch_size=session.batch_size,
+            initial_weights=weights,
+            compile=self.compile_training,
+            **settings,
+        )
+
+    async def finetune(
+        self, request: FinetuneCandidate, progress: ProgressCallback | None = None
+    ) -> TrainingResult:
+        """Continue training a candidate from its stored weights (no budget used)."""
+        session = await self.sessions.get(request.session_id)
+        parent = self.reads.candidate(request.candidate_id, session)
+        weights = self.reads.stored_weights(request.candidate_id)
+        if weights is None:
+            raise DiscoveryError(
+                f"candidate {request.candidate_id!r} has no weights (status {parent.status}); "
+                "fine-tune a candidate whose training finished"
+            )
+        spec = self.reads.spec_of(parent).model_copy(
+            update={"parent_id": request.candidate_id, "operation": "finetune"}
+        )
+        return await self.train(session, spec, request.epochs, progress, weights)
+
+    async def train(
+        self,
+        session: DiscoverySession,
+        spec: CandidateSpec,
+        epochs: int,
+        progress: ProgressCallback | None = None,
+        weights: bytes | None = None,
+    ) -> TrainingResult:
+        """Train ``spec`` (from ``weights`` when given) into a new archived candidate."""
+        candidate_id = self.archive.begin_candidate(session.session_id, spec)
+        session.last_candidate_id = candidate_id
+
+        async def on_epoch(event: dict[str, Any]) -> None:
+            self.archive.record_epoch(
+                candidate_id,
+                event["epoch"],
+                _opt_finite(event["train_loss"]),
+                _opt_finite(event["val_loss"]),
+                event["epoch_seconds"],
+            )
+            if progress is not None:
+                await progress(
+                    float(event["epoch"]),
+                    float(event["epochs"]),
+                    f"{candidate_id} epoch {event['epoch']}/{event['epochs']}: train "
+                    f"{event['train_loss']:.4g}, val {event['val_loss']:.4g}",
+                )
+
+        try:
+            payload = await self.pool.run(
+                self._job("fit", spec, session, weights, epochs=epochs), on_epoch
+            )
+        except WorkerError as exc:
+            error = str(exc)
+            self.archive.finish_candidate(candidate_id, "failed", error=error)
+            return self._training_result(session, candidate_id, spec, None, error)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                self.archive.finish_candidate(
+                    candidate_id, "cancelled", error="cancelled by the client or the server"
+                )
+            raise
+        except Exception as exc:
+            self.archive.finish_candidate(
+                candidate_id, "failed", error=f"server error: {type(exc).__name__}: {exc}"
+            )
+            raise
+        summary = payload["summary"]
+        train = summary["train_losses"]
+        best = summary["best_epoch"]
+        self.archive.finish_candidate(
+            candidate_id,
+            summary["status"],
+            train_loss=train[best - 1] if best else (train[-1] if train else None),
+            val_loss=_opt_finite(summary["best_val_loss"]),
+            best_epoch=best,
+            parameter_count=summary["parameter_count"],
+            wall_seconds=summary["wall_seconds"],
+            metrics={
+                "diagnosis": summary["diagnosis"],
+                "failure": summary["failure"],
+                "reaction_parameters": summary["reaction_parameters"],
+                "epochs_requested": epochs,
+            },
+            diagnosis=summary["diagnosis"]["text"],
+            error=None if summary["status"] == "ok" else json.dumps(summary["failure"]),
+            weights=payload["weights"],
+        )
+        result = self._training_result(session, candidate_id, spec, summary, None)
+        self.sessions.record_step(
+            session,
+            {"tool": spec.operation, "candidate_id": candidate_id, "spec": spec.model_dump()},
+            f"{candidate_id}: {result.status}, {result.diagnosis}",
+        )
+        return result
+
+    @staticmethod
+    def _training_result(
+        session: DiscoverySession,
+        candidate_id: str,
+        spec: CandidateSpec,
+        summary: dict[str, Any] | None,
+        error: str | None,
+    ) -> TrainingResult:
+        aliases = session.aliases
+        summary = summary or {}
+        diagnosis = summary.get("diagnosis") or {
+            "text": f"training failed: {error}",
+            "verdict": "failed",
+        }
+        return TrainingResult(
+            candidate_id=candidate_id,
+            session_id=session.session_id,
+            status=summary.get("status", "failed"),
+            operation=spec.operation,
+            parent_id=spec.parent_id,
+            reaction=aliases.show(spec.reaction),
+            diffusion=spec.diffusion,
+            train_losses=_finite(summary.get("train_losses", [])),
+            val_losses=_finite(summary.get("val_losses", [])),
+            best_val_loss=_opt_finite(summary.get("best_val_loss")),
+            best_epoch=summary.get("best_epoch"),
+            diagnosis=aliases.mask_text(diagnosis["text"]),
+            verdict=diagnosis["verdict"],
+            parameter_count=summary.get("parameter_count"),
+            wall_seconds=float(summary.get("wall_seconds", 0.0)),
+            reaction_parameters={
+                k: _opt_finite(v) for k, v in summary.get("reaction_parameters", {}).items()
+            },
+            failure=summary.get("failure"),
+            error=None if error is None else aliases.mask_text(error),
+            budget_left=session.budget_left,
+            steps_used=session.steps_used,
+        )
+
+    # ------------------------------------------------------------------ evaluation
+
+    async def evaluate(self, request: EvaluateCandidate) -> EvaluationResult:
+        """Test MSE and AT MAE of a trained candidate, its figures, and an archived record."""
+        session = await self.sessions.get(request.session_id)
+        candidate_id, split = request.candidate_id, request.split
+        candidate = self.reads.candidate(candidate_id, session)
+        weights = self.reads.stored_weights(candidate_id)
+        if weights is None:
+            raise DiscoveryError(
+                f"candidate {candidate_id!r} has no weights (status {candidate.status}); "
+                "evaluate a candidate whose training finished"
+            )
+        if len(session.dataset.indices(split)) == 0:
+            raise DiscoveryError(f"the data set has no {split!r} samples; choose another split")
+        spec = self.reads.spec_of(candidate)
+        if spec.diffusion_source is not None:
+            require_sandbox()
+        try:
+            payload = await self.pool.run(
+                self._job("evaluate", spec, session, weights, split=split)
+            )
+        except WorkerError as exc:
+            raise DiscoveryError(f"evaluation of {candidate_id} failed: {exc}") from exc
+        summary = payload["summary"]
+        folder = figure_dir(session.session_id, candidate_id)
+        curves = {
+            "train": [e.train_loss for e in candidate.epochs],
+            "val": [e.val_loss for e in candidate.epochs],
+        }
+
+        def plot() -> list[Path]:
+            import numpy as np
+
+            from leads_engine.plots import plot_activation_comparison, plot_training_curves
+
+            folder.mkdir(parents=True, exist_ok=True)
+            data = session.dataset
+            at_true = np.array(payload["at_true"], dtype=float)
+            at_pred = np.array(payload["at_pred"], dtype=float)
+            files = [
+                plot_activation_comparison(
+                    data.points, data.cells, at_true, at_pred, folder / FIGURES[0]
+                )
+            ]
+            clean = {k: [np.nan if v is None else v for v in vs] for k, vs in curves.items()}
+            if any(clean.values()):
+                files.append(plot_training_curves(clean, folder / FIGURES[1]))
+            return files
+
+        files = await anyio.to_thread.run_sync(plot)
+        self.archive.record_evaluation(
+            candidate_id, split, summary["mse"], _opt_finite(summary["at_mae_ms"]), summary
+        )
+        return EvaluationResult(
+            candidate_id=candidate_id,
+            split=split,
+            mse=float(summary["mse"]),
+            at_mae_ms=_opt_finite(summary["at_mae_ms"]),
+            per_sample_mse=[float(v) for v in summary["per_sample_mse"]],
+            at_compared=int(summary.get("at_n_compared", 0)),
+            at_missing_pred=int(summary.get("at_n_missing_pred", 0)),
+            at_missing_true=int(summary.get("at_n_missing_true", 0)),
+            activation_map_uri=f"candidate://{candidate_id}/{FIGURES[0]}",
+            training_curves_uri=f"candidate://{candidate_id}/{FIGURES[1]}",
+            files=[str(path) for path in files],
+        )
+
+    def figure(self, candidate_id: str, name: str) -> bytes:
+        """A PNG written by evaluate_candidate."""
+        candidate = self.reads.candidate(candidate_id)
+        path = figure_dir(candidate.session_id, candidate_id) / name
+        if not path.exists():
+            raise DiscoveryError(f"no {name} for {candidate_id} yet: call evaluate_candidate first")
+        return path.read_bytes()

@@ -1,0 +1,171 @@
+"""The LEADS action space over one archive: a thin facade that composes the concerns.
+
+:class:`DiscoveryService` owns the :class:`~leads_server.archive.Archive`, a
+:class:`~leads_server.jobs.WorkerPool` and the in-memory session store, and hands each tool to
+the module that does it: session state (:mod:`.state`), the catalogs (:mod:`.catalog_view`), the
+draft operations (:mod:`.drafts`), the runs (:mod:`.runs`) and the archive reads (:mod:`.reads`).
+Each tool method takes the tool's input model (:mod:`.inputs`).
+
+Concurrency: the methods are coroutines run on one event loop. Session state is read and changed
+only on the loop (between awaits), so checks such as "budget left" and "take the draft" are
+atomic; blocking work (data set generation and loading, archive queries, code validation,
+parameter counting of catalog code, plotting) runs in threads, and training, evaluation and
+anything that executes edited code runs in worker processes (:mod:`leads_server.jobs`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import catalog_view
+from .archive import Archive, default_archive_path
+from .drafts import Drafts
+from .errors import DiscoveryError
+from .inputs import (
+    EvaluateCandidate,
+    FinetuneCandidate,
+    GetCandidate,
+    ListCatalogs,
+    ModifyDiffusion,
+    QueryArchive,
+    RecordStep,
+    RefineDiffusion,
+    SelectDiffusion,
+    SelectReaction,
+    SimplifyDiffusion,
+    StartSession,
+    TrainCandidate,
+)
+from .jobs import WorkerPool
+from .models import (
+    CandidateRecord,
+    CatalogsResult,
+    DraftResult,
+    EvaluationResult,
+    QueryResult,
+    SessionStarted,
+    SessionSummary,
+    StepRecorded,
+    TrainingResult,
+)
+from .reads import Reads
+from .runs import FIGURES, Runs
+from .state import ProgressCallback, Sessions, SessionStore
+
+__all__ = ["FIGURES", "DiscoveryError", "DiscoveryService", "ProgressCallback"]
+
+
+class DiscoveryService:
+    """The LEADS tools over one archive. Create it with :meth:`open`."""
+
+    def __init__(
+        self, archive: Archive, pool: WorkerPool | None = None, compile_training: bool = True
+    ) -> None:
+        self.archive = archive
+        self.pool = pool or WorkerPool()
+        self.store = SessionStore()
+        self.sessions = Sessions(archive, self.store)
+        self.reads = Reads(archive, self.sessions)
+        self.runs = Runs(archive, self.pool, self.sessions, self.reads, compile_training)
+        self.drafts = Drafts(self.sessions, self.reads, self.runs)
+
+    @classmethod
+    def open(
+        cls,
+        archive_path: Path | None = None,
+        start_method: str = "forkserver",
+        compile_training: bool = True,
+    ) -> DiscoveryService:
+        """Open (or create) the archive; default ``$LEADS_HOME/archive.duckdb``.
+        ``compile_training`` lets the trainer torch.compile the integrator step (catalog code
+        only): seconds of compilation per worker process, then ~5x faster steps."""
+        archive = Archive.open(archive_path or default_archive_path())
+        return cls(archive, WorkerPool(start_method), compile_training)
+
+    def close(self) -> None:
+        self.archive.close()
+
+    # ------------------------------------------------------------------ tools
+
+    async def list_catalogs(self, request: ListCatalogs) -> CatalogsResult:
+        """Reaction models (under the session's names) and diffusion templates."""
+        aliases = await self.sessions.aliases(request.session_id)
+        return catalog_view.catalogs(request.session_id, aliases)
+
+    async def start_session(
+        self, request: StartSession, progress: ProgressCallback | None = None
+    ) -> SessionStarted:
+        """Open a session on a data set (generating a missing benchmark set first)."""
+        return await self.sessions.start(request, progress)
+
+    async def select_reaction(self, request: SelectReaction) -> DraftResult:
+        """Set the draft's reaction model."""
+        return await self.drafts.select_reaction(request)
+
+    async def select_diffusion(self, request: SelectDiffusion) -> DraftResult:
+        """Set the draft's diffusion to a catalog template."""
+        return await self.drafts.select_diffusion(request)
+
+    async def refine_diffusion(self, request: RefineDiffusion) -> DraftResult:
+        """Draft = a trained candidate with changed diffusion hyper-parameters."""
+        return await self.drafts.refine_diffusion(request)
+
+    async def modify_diffusion(self, request: ModifyDiffusion) -> DraftResult:
+        """Draft = edited diffusion code, once the sandbox accepted it."""
+        return await self.drafts.modify_diffusion(request)
+
+    async def simplify_diffusion(self, request: SimplifyDiffusion) -> DraftResult:
+        """Draft = a variant of a trained candidate with fewer parameters."""
+        return await self.drafts.simplify_diffusion(request)
+
+    async def train_candidate(
+        self, request: TrainCandidate, progress: ProgressCallback | None = None
+    ) -> TrainingResult:
+        """Train the draft (one unit of budget); the draft is cleared."""
+        session = await self.sessions.get(request.session_id)
+        spec = self.drafts.take(session)
+        return await self.runs.train(session, spec, request.epochs or session.epochs, progress)
+
+    async def query_archive(self, request: QueryArchive) -> QueryResult:
+        """One read-only SELECT, reaction names masked."""
+        return await self.reads.query_archive(request)
+
+    async def get_candidate(self, request: GetCandidate) -> CandidateRecord:
+        """An archived candidate, reaction names masked."""
+        return await self.reads.get_candidate(request)
+
+    async def finetune_candidate(
+        self, request: FinetuneCandidate, progress: ProgressCallback | None = None
+    ) -> TrainingResult:
+        """Continue training a candidate from its stored weights (no budget used)."""
+        return await self.runs.finetune(request, progress)
+
+    async def evaluate_candidate(self, request: EvaluateCandidate) -> EvaluationResult:
+        """Score a trained candidate, write its figures and archive the scores."""
+        return await self.runs.evaluate(request)
+
+    async def record_step(self, request: RecordStep) -> StepRecorded:
+        """Store an agent's reasoning step (thought, action, observation) in the archive."""
+        session = await self.sessions.get(request.session_id)
+        step = self.sessions.record_agent_step(
+            session, request.thought, request.action, request.observation
+        )
+        return StepRecorded(session_id=session.session_id, step=step)
+
+    # ------------------------------------------------------------------ resources
+
+    def template_source(self, name: str) -> str:
+        """The Python source of a diffusion template."""
+        return catalog_view.template_source(name)
+
+    def figure(self, candidate_id: str, name: str) -> bytes:
+        """A PNG written by evaluate_candidate."""
+        return self.runs.figure(candidate_id, name)
+
+    def weights(self, candidate_id: str) -> bytes:
+        """The trained state dict (``torch.save`` bytes) of a candidate."""
+        return self.reads.weights(candidate_id)
+
+    async def session_summary(self, session_id: str) -> SessionSummary:
+        """Configuration, budget, draft and candidates of a session."""
+        return await self.reads.session_summary(session_id)
