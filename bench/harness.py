@@ -18,11 +18,19 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from leads_engine.dataset import datasets_dir
+from leads_engine.generator import BenchmarkConfig as DataSetConfig
+from leads_engine.generator import benchmark_path, generate_benchmark
+from leads_engine.mesh import make_lv_mesh
+
+from .baseline_rows import run_baseline_row
 from .config import BASELINE_METHODS, LLM_METHODS, METHODS, QUICK_DATA, BenchConfig, Check, Run
 from .records import load_record, write_json, write_run
+from .search_rows import run_search_row
 from .table import check_orderings, machine_info, markdown_table, plot_activation_maps, summarise
 
 __all__ = ["BenchResult", "execute_run", "planned_runs", "prepare_datasets", "run_bench"]
@@ -30,10 +38,6 @@ __all__ = ["BenchResult", "execute_run", "planned_runs", "prepare_datasets", "ru
 
 def prepare_datasets(config: BenchConfig, say: Callable[[str], None]) -> dict[str, Path]:
     """The data set file of each name: the bundled generator's sets, generated when missing."""
-    from leads_engine.dataset import datasets_dir
-    from leads_engine.generator import BenchmarkConfig, benchmark_path, generate_benchmark
-    from leads_engine.mesh import make_lv_mesh
-
     paths: dict[str, Path] = {}
     mesh = make_lv_mesh(QUICK_DATA["nodes"]) if config.quick else None
     for name in config.datasets:
@@ -41,7 +45,7 @@ def prepare_datasets(config: BenchConfig, say: Callable[[str], None]) -> dict[st
             path = config.out / "datasets" / f"quick_{name}.npz"
             if not path.exists():
                 say(f"generating the quick {name} set ({QUICK_DATA['nodes']} nodes)")
-                benchmark = BenchmarkConfig(
+                benchmark = DataSetConfig(
                     reaction=name,
                     n_samples=QUICK_DATA["samples"],
                     split_sizes=QUICK_DATA["split"],
@@ -58,18 +62,13 @@ def prepare_datasets(config: BenchConfig, say: Callable[[str], None]) -> dict[st
 
 def execute_run(run: Run, dataset_path: Path, config: BenchConfig, events: Any = None) -> dict:
     """Run one method on one data set (in a worker process) and store its record."""
-    import torch
-
     torch.set_num_threads(1)  # one core per run: runs go in parallel instead
 
     def say(text: str) -> None:
         if events is not None:
             events.put((run.key, text))
 
-    if run.method in BASELINE_METHODS:
-        from .baseline_rows import run_baseline_row as runner
-    else:
-        from .search_rows import run_search_row as runner
+    runner = run_baseline_row if run.method in BASELINE_METHODS else run_search_row
     return write_run(config.out, run, {**asdict(run), **runner(run, dataset_path, config, say)})
 
 

@@ -145,3 +145,31 @@ def test_a_search_row_reads_the_figures_a_local_evaluation_gives(tmp_path, leads
     assert record["true_reaction"] == "rogers_mcculloch"
     np.testing.assert_array_equal(record["_at_pred"], local.at_pred[:1])
     np.testing.assert_array_equal(record["_at_true"], local.at_true[:1])
+
+
+def test_an_interrupted_search_s_session_is_found_through_query_archive(tmp_path, leads_home):
+    """A rerun resumes the archive's unfinished session (none in a new archive), which the
+    bench finds through the server's query_archive tool."""
+    import asyncio
+
+    from leads_agent.connection import connect
+    from leads_bench.search_rows import unfinished_session
+    from leads_server.app import build_server
+
+    config = BenchmarkConfig(reaction="ap", n_samples=4, split_sizes=(2, 1, 1), duration_ms=30.0)
+    dataset_path = leads_home / "datasets" / "tiny.npz"
+    generate_benchmark(config, mesh=make_lv_mesh(200), name="tiny").save(dataset_path)
+
+    async def sessions() -> tuple[str | None, str, str | None]:
+        server = build_server(tmp_path / "run.duckdb", compile_training=False)
+        try:
+            async with connect(server=server) as conn:
+                before = await unfinished_session(conn)
+                started = await conn.call("start_session", {"dataset": str(dataset_path)})
+                return before, started.as_dict()["session_id"], await unfinished_session(conn)
+        finally:
+            server.close()
+
+    before, session_id, found = asyncio.run(sessions())
+    assert before is None
+    assert found == session_id
