@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import torch
+from leads_bench.baselines import BASELINES, run_baseline
 from rich.console import Console
 from rich.table import Table
 
-from leads_engine.baselines import BASELINES, run_baseline
 from leads_engine.dataset import load_dataset
 from leads_engine.generator import benchmark_path
 from leads_engine.plots import plot_activation_comparison

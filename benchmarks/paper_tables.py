@@ -1,4 +1,4 @@
-"""The paper's Tables 2 and 3, measured on this machine: same as ``leads-agent bench``.
+"""The paper's Tables 2 and 3, measured on this machine: same as ``leads-bench``.
 
     python benchmarks/paper_tables.py            # full size: AP, RM, MS, all methods
     python benchmarks/paper_tables.py --quick    # tiny mesh and horizon, a few minutes
@@ -10,7 +10,7 @@ when a run failed or one of the paper's orderings does not hold.
 
 import sys
 
-from leads_agent.bench import main
+from leads_bench.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

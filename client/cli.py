@@ -8,14 +8,13 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 from typing import Any
 
 from rich.console import Console
 
 from .agent import RunConfig, RunResult, report_folder, run_search
-from .bench import add_arguments as add_bench_arguments
-from .bench import run_command as run_bench_command
 from .connection import ServerConnection, connect
 from .errors import AgentError, ConfigurationError
 from .llm import SYSTEM_PROMPT, LLMPolicy, RetryPolicy, agent_tools
@@ -103,10 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     baseline = sub.add_parser("baseline", help="a paper baseline through the same tools")
     baseline.add_argument("--method", choices=BASELINES, required=True)
     _common(baseline)
-    bench = sub.add_parser(
-        "bench", help="the paper's comparison table (all methods, AP/RM/MS, seeds)"
+    sub.add_parser(  # its options are leads-bench's: main() hands the arguments over
+        "bench", help="the paper's comparison table (all methods, AP/RM/MS, seeds)", add_help=False
     )
-    add_bench_arguments(bench)
     return parser
 
 
@@ -160,6 +158,19 @@ def check_llm_config(llm: str, model: str | None, base_url: str | None) -> None:
         base = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL
         if base.rstrip("/") == DEFAULT_OPENAI_BASE_URL and not os.environ.get("OPENAI_API_KEY"):
             raise ConfigurationError("--llm openai against api.openai.com needs OPENAI_API_KEY")
+
+
+def run_bench(arguments: list[str]) -> int:
+    """``leads-agent bench``: ``leads-bench`` (the ``leads_bench`` package) in its own process,
+    with the same arguments; its exit code (``128 + signal`` when a signal ended it)."""
+    env = {**os.environ, "LEADS_BENCH_PROG": "leads-agent bench"}
+    process = subprocess.Popen([sys.executable, "-m", "leads_bench", *arguments], env=env)
+    while True:
+        try:
+            code = process.wait()
+        except KeyboardInterrupt:  # the bench got the interrupt too and stops on its own
+            continue
+        return code if code >= 0 else 128 - code
 
 
 def _baseline_config(args: argparse.Namespace) -> RunConfig:
@@ -256,18 +267,14 @@ def _print_summary(console: Console, result: RunResult, report: str | None) -> N
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 1 run error, 2 configuration error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        return run_bench(argv[1:])
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["discover", *argv]
     args = build_parser().parse_args(argv)
     if args.command is None:
         args = build_parser().parse_args(["discover"])
     console = Console(stderr=True)
-    if args.command == "bench":
-        try:
-            return run_bench_command(args, console)
-        except ConfigurationError as exc:
-            console.print(f"[red]error:[/] {exc}")
-            return exc.exit_code
     if getattr(args, "llm", "offline") != "offline":
         try:
             _check_llm_config(args)

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from leads_engine.baselines import BASELINES, baseline_candidates, run_baseline
 from leads_engine.diffusion import template_info
 from leads_engine.spec import CandidateSpec
 from leads_engine.training import (
@@ -118,20 +117,6 @@ def test_a_diverging_candidate_is_recorded_unstable_quickly(tiny):
     assert "epoch 1" in result.diagnosis.text
 
 
-def test_physics_oracle_fixes_the_true_reaction_and_learns_the_conductivity(tiny):
-    """The oracle's reaction parameters are the data set's and stay fixed while fitting."""
-    (spec,) = baseline_candidates(
-        "physics", "aliev_panfilov", true_parameters=tiny.meta["reaction_parameters"]
-    )
-    assert not spec.reaction_learnable
-    result = fit(spec, tiny, FAST)
-    assert result.status == "ok"
-    for name, value in tiny.meta["reaction_parameters"].items():
-        assert result.reaction_parameters[name] == pytest.approx(value, rel=1e-5)
-    sigma = torch.nn.functional.softplus(result.state_dict["diffusion.raw_conductivity"])
-    assert float(sigma) != pytest.approx(1.0, abs=1e-4)  # the tissue did move
-
-
 def test_evaluate_scores_the_test_split(tiny):
     spec = CandidateSpec(reaction="ap", diffusion="laplacian_global")
     result = fit(spec, tiny, FAST)
@@ -166,37 +151,6 @@ def test_diagnosis_names_the_problem(train, val, verdict):
     diagnosis = diagnose(train, val, "ok", 100, data_variance=0.2)
     assert diagnosis.verdict == verdict
     assert f"{diagnosis.parameter_count} parameters" in diagnosis.text
-
-
-def test_baseline_candidates_follow_the_paper():
-    assert [s.diffusion for s in baseline_candidates("physics", "aliev_panfilov")] == [
-        "laplacian_nodewise"
-    ]
-    assert baseline_candidates("hybrid-gat", "ms")[0].diffusion == "gat"
-    assert len(baseline_candidates("diff-only", "ap")) == 10
-    assert {s.reaction for s in baseline_candidates("react-only", "ap")} >= {
-        "aliev_panfilov",
-        "rogers_mcculloch",
-        "mitchell_schaeffer",
-    }
-    assert baseline_candidates("all-neural", "ap")[0].reaction == "neural"
-    assert set(BASELINES) == {"physics", "hybrid-gat", "diff-only", "react-only", "all-neural"}
-    with pytest.raises(ValueError, match="unknown baseline"):
-        baseline_candidates("hdtwingen", "ap")
-
-
-def test_physics_baseline_runs_end_to_end(tiny):
-    result = run_baseline(
-        "physics",
-        tiny,
-        epochs=1,
-        finetune_epochs=1,
-        config=TrainingConfig(batch_size=3, checkpoint_frames=5, compile=False),
-    )
-    summary = result.summary()
-    assert summary["diffusion"] == "laplacian_nodewise"
-    assert summary["test"]["mse"] < 0.05
-    assert len(summary["screening"]) == 1
 
 
 def test_compiled_and_eager_integrators_agree(tiny):

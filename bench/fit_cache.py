@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .dataset import EPDataset
-from .observation import ObservationOperator
-from .spec import CandidateSpec
-from .training import Diagnosis, FitResult, ProgressCallback, TrainingConfig, fit
+from leads_engine.dataset import EPDataset
+from leads_engine.observation import ObservationOperator
+from leads_engine.spec import CandidateSpec
+from leads_engine.training import Diagnosis, FitResult, ProgressCallback, TrainingConfig, fit
 
 __all__ = ["FitCache", "fit_key"]
 

@@ -1,4 +1,4 @@
-"""The paper's scripted baselines, with the engine alone (no agent, no MCP).
+"""The paper's scripted baselines, run on the engine directly (no agent, no MCP).
 
 =============  ===========================================================================
 method         structure
@@ -21,11 +21,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .dataset import EPDataset
-from .diffusion import list_templates
-from .reactions import REACTION_MODELS
-from .spec import CandidateSpec
-from .training import Evaluation, FitResult, TrainingConfig, TrainingProgress, evaluate, fit
+from leads_engine.dataset import EPDataset
+from leads_engine.diffusion import list_templates
+from leads_engine.reactions import REACTION_MODELS
+from leads_engine.spec import CandidateSpec
+from leads_engine.training import (
+    Evaluation,
+    FitResult,
+    TrainingConfig,
+    TrainingProgress,
+    evaluate,
+    fit,
+)
+
+__all__ = ["BASELINES", "BaselineResult", "baseline_candidates", "run_baseline"]
 
 BASELINES = ("physics", "hybrid-gat", "diff-only", "react-only", "all-neural")
 
@@ -69,6 +78,8 @@ def baseline_candidates(
 
 @dataclass
 class BaselineResult:
+    """A baseline's screening, the chosen candidate's fine-tuning and its test scores."""
+
     method: str
     chosen: CandidateSpec
     screening: list[tuple[CandidateSpec, FitResult]]
@@ -77,6 +88,7 @@ class BaselineResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
+        """JSON-friendly figures of the run (no weights)."""
         return {
             "method": self.method,
             "reaction": self.chosen.reaction,
@@ -113,7 +125,7 @@ def run_baseline(
     """Screen the baseline's candidates, fine-tune the best and evaluate it on the test split.
 
     ``fitter`` replaces :func:`fit` (same signature), e.g. a
-    :class:`~leads_engine.fit_cache.FitCache` shared by several baselines.
+    :class:`~leads_bench.fit_cache.FitCache` shared by several baselines.
     """
     config = config or TrainingConfig()
     true_reaction = str(dataset.meta["reaction"])
