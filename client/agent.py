@@ -485,10 +485,17 @@ async def run_search(
     if config.use_true_reaction:
         true = find_true_reaction(run.session_info)
         known = run.base_state(1, []).reactions
-        if not true or true not in known:
+        if not true:
             raise AgentError(
-                f"the data set does not name its true reaction (found {true!r}); the physics, "
-                "hybrid-gat and diff-only baselines need it"
+                "the data set does not name its true reaction (no 'reaction' in its metadata); "
+                "the physics, hybrid-gat and diff-only baselines need it"
+            )
+        if true not in known:
+            raise AgentError(
+                f"the data set's true reaction {true!r} is not in the reaction catalog "
+                f"({', '.join(known)}): the physics, hybrid-gat and diff-only baselines fix "
+                "the true reaction, so they cannot run on this data set; use "
+                "'leads-agent discover' (or the react-only and all-neural baselines) instead"
             )
         config.fixed_reaction = true
         config.reactions = [true]

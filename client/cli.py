@@ -56,9 +56,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--report", metavar="DIR", help="report folder (default $LEADS_HOME/reports/<session_id>)"
     )
-    output = parser.add_mutually_exclusive_group()
-    output.add_argument("--quiet", action="store_true", help="no live display")
-    output.add_argument(
+    parser.add_argument("--quiet", action="store_true", help="no live display")
+    parser.add_argument(
         "--json",
         action="store_true",
         help="print a JSON summary on stdout at the end (implies --quiet)",

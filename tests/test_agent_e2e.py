@@ -93,3 +93,27 @@ def test_unreachable_server_url_is_a_clear_error(capsys):
     assert main(["discover", "--server-url", "http://127.0.0.1:9/mcp", "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "127.0.0.1:9" in err and "Traceback" not in err
+
+
+def test_json_with_quiet_is_accepted_since_json_implies_quiet(tiny_home: Path, capsys):
+    """``--json`` implies ``--quiet``; saying both is not a usage error (exit 2)."""
+    assert main(["discover", "--resume", "s-000000000000", "--json", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot resume session s-000000000000" in err and "usage:" not in err
+
+
+def test_a_baseline_on_a_reaction_outside_the_catalog_says_so(tiny_home: Path, capsys):
+    """The data set names its true reaction, which the catalog lacks: the baselines that fix the
+    true reaction say exactly that, naming the reaction and what to run instead."""
+    dataset = generate_benchmark(
+        BenchmarkConfig(reaction="ap", n_samples=4, split_sizes=(2, 1, 1), duration_ms=20.0),
+        mesh=make_lv_mesh(200),
+        name="outside",
+    )
+    dataset.meta["reaction"] = "bueno_orovio_cherry_fenton"
+    dataset.save(tiny_home / "datasets" / "outside.npz")
+    argv = ["baseline", "--method", "hybrid-gat", "--dataset", "outside", "--epochs", "1"]
+    assert main([*argv, "--quiet"]) == 1
+    err = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
+    assert "'bueno_orovio_cherry_fenton' is not in the reaction catalog" in err
+    assert "does not name its true reaction" not in err and "Traceback" not in err
