@@ -6,19 +6,9 @@ import pytest
 import torch
 from leads_bench.baselines import BASELINES, baseline_candidates, run_baseline
 
-from leads_engine.generator import BenchmarkConfig, generate_benchmark
 from leads_engine.training import TrainingConfig, fit
 
 FAST = TrainingConfig(epochs=2, batch_size=2, checkpoint_frames=5, compile=False)
-
-
-@pytest.fixture(scope="module")
-def tiny(small_mesh):
-    """An Aliev-Panfilov set on the 200-node mesh: 6 samples, 60 ms."""
-    config = BenchmarkConfig(
-        reaction="ap", n_samples=6, split_sizes=(3, 2, 1), duration_ms=60.0, seed=3
-    )
-    return generate_benchmark(config, mesh=small_mesh, name="tiny")
 
 
 def test_physics_oracle_fixes_the_true_reaction_and_learns_the_conductivity(tiny):
