@@ -54,7 +54,9 @@ from leads_engine.dataset import leads_home
 from leads_engine.spec import OPERATIONS, CandidateSpec
 
 from .errors import ArchiveError
-from .query_guard import external_access_enabled, guarded_query, lock_down
+from .query_guard import check_read_only
+from .query_run import QueryLimits, external_access_enabled, lock_down, run_query
+from .recovery import damaged_archive
 from .rows import CandidateDetail, CandidateRow, EpochRow, EvaluationRow, QueryRows, SessionRow
 from .schema import (
     CANDIDATE_STATUSES,
@@ -119,6 +121,10 @@ def _check_choice(kind: str, value: str, choices: Sequence[str]) -> None:
 
 _CANDIDATE_COLUMNS = "* EXCLUDE (weights), weights IS NOT NULL AS has_weights"
 
+#: No extension is installed or loaded behind the archive's back (a file of another format, such
+#: as SQLite, would otherwise make DuckDB download a reader for it).
+_CONNECT_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+
 
 class Archive:
     """One LEADS project's archive file. Create with :meth:`Archive.open`; use as a context
@@ -140,21 +146,23 @@ class Archive:
         (see the module docstring).
 
         Raises :class:`ArchiveError` if another process holds the file, if this process already
-        has it open, or if the file is not a LEADS archive of a supported schema version."""
+        has it open, if the file is damaged or not a DuckDB file (:mod:`.recovery`: it is left
+        as it is, and the message says how to recover), or if it is not a LEADS archive of a
+        supported schema version."""
         path = Path(path).expanduser().resolve()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ArchiveError(f"cannot create the folder of the archive {path}: {exc}") from exc
         try:
-            connection = duckdb.connect(str(path))
+            connection = duckdb.connect(str(path), config=_CONNECT_CONFIG)
         except duckdb.Error as exc:
             if "lock" in str(exc).lower():
                 raise ArchiveError(
                     f"the archive {path} is in use by another process (DuckDB allows one writer "
                     f"per file); stop it or use another LEADS_HOME. DuckDB said: {exc}"
                 ) from exc
-            raise ArchiveError(f"cannot open the archive {path}: {exc}") from exc
+            raise damaged_archive(path, exc) from exc
         try:
             if not external_access_enabled(connection):
                 raise ArchiveError(
@@ -163,9 +171,14 @@ class Archive:
                 )
             lock_down(connection)
             archive = cls(path, connection)
-            with archive._transaction() as con:
-                prepare_schema(con, path)
-            archive._recover_interrupted()
+            try:
+                with archive._transaction() as con:
+                    prepare_schema(con, path)
+                archive._recover_interrupted()
+            except ArchiveError as exc:
+                if isinstance(exc.__cause__, duckdb.Error):
+                    raise damaged_archive(path, exc.__cause__) from exc
+                raise
         except BaseException:
             connection.close()
             raise
@@ -539,13 +552,22 @@ class Archive:
 
     # ------------------------------------------------------------------ query
 
-    def query(self, sql: str, max_rows: int = 1000, timeout_s: float = 5.0) -> QueryRows:
-        """Run one read-only SELECT for the agent or the user, at most ``max_rows`` rows and
-        ``timeout_s`` seconds (how read-only and the limits are enforced:
-        :mod:`leads_server.archive.query_guard`)."""
+    def query(
+        self,
+        sql: str,
+        max_rows: int = QueryLimits.max_rows,
+        timeout_s: float = QueryLimits.timeout_s,
+        max_bytes: int = QueryLimits.max_bytes,
+    ) -> QueryRows:
+        """Run one read-only SELECT for the agent or the user, at most ``max_rows`` rows,
+        ``max_bytes`` bytes of JSON and ``timeout_s`` seconds. Two defences keep it read-only,
+        each enough alone: the statement check (:mod:`leads_server.archive.query_guard`) and the
+        execution layer (:mod:`leads_server.archive.query_run`, which also applies the limits)."""
+        limits = QueryLimits(int(max_rows), int(max_bytes), float(timeout_s)).checked()
         with self._lock:
             cursor = self._connection().cursor()
         try:
-            return guarded_query(cursor, sql, max_rows, timeout_s)
+            checked = check_read_only(cursor, sql)
+            return run_query(cursor, checked.statement(limits.max_rows), limits)
         finally:
             cursor.close()
