@@ -4,8 +4,8 @@ of a LEADS project, in one DuckDB file (by default ``$LEADS_HOME/archive.duckdb`
 Design (ideas borrowed from Optuna's RDB storage):
 
 * **Queryable.** Plain tables (:mod:`leads_server.archive.schema`) that anyone can read with SQL,
-  through :meth:`Archive.query` (:mod:`leads_server.archive.query_guard`) or DuckDB itself once
-  the archive is closed.
+  through :meth:`Archive.query` (:mod:`leads_server.archive.query_guard` and
+  :mod:`leads_server.archive.query_run`) or DuckDB itself once the archive is closed.
 * **Append-only results.** A candidate is inserted as ``pending`` when training starts
   (:meth:`Archive.begin_candidate`), its epochs are appended as they come
   (:meth:`Archive.record_epoch`), and it is completed exactly once
@@ -19,6 +19,8 @@ Design (ideas borrowed from Optuna's RDB storage):
   ``stopped`` (the one status change besides pending -> final; it is safe because only one
   process can hold the file, see below). The ids of the candidates so recovered are in
   :attr:`Archive.recovered_candidates`.
+* **Never overwrites a damaged file.** A file DuckDB cannot read is refused on open, left as it
+  is, with a message that says how to recover (:mod:`leads_server.archive.recovery`).
 
 Concurrency. DuckDB lets one process open a database file for writing. :meth:`Archive.open` on a
 file held by another process raises :class:`ArchiveError` naming the path and the holder.
