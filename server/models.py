@@ -134,12 +134,22 @@ class TrainingResult(_Output):
 
 
 class QueryResult(_Output):
-    """Rows of a read-only archive query."""
+    """Rows of a read-only archive query, within the query limits (rows, bytes, time)."""
 
     columns: list[str]
     rows: list[list[Any]]
     row_count: int
-    truncated: bool = Field(description="whether more rows existed than max_rows")
+    truncated: bool = Field(description="whether rows were left out (see truncated_reason)")
+    truncated_reason: Literal["max_rows", "max_bytes"] | None = Field(
+        default=None,
+        description="the limit that left rows out: max_rows, or max_bytes (the result's JSON "
+        "size limit); None when every row is shown",
+    )
+    notice: str | None = Field(
+        default=None,
+        description="what was cut (rows, or over-long values ending with '…[cut: N characters "
+        "in all]') and how to narrow the query; None when nothing was",
+    )
 
 
 class CandidateRecord(BaseModel):

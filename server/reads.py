@@ -17,7 +17,6 @@ from .inputs import GetCandidate, QueryArchive
 from .models import CandidateRecord, QueryResult, SessionSummary
 from .state import DiscoverySession, Sessions
 
-QUERY_TIMEOUT_S = 5.0
 SUMMARY_COLUMNS = (
     "candidate_id",
     "status",
@@ -98,8 +97,9 @@ class Reads:
         return data
 
     async def query_archive(self, request: QueryArchive) -> QueryResult:
-        """One read-only SELECT; reaction names masked with the session's aliases (the given
-        session, else the most recent anonymised one of this server)."""
+        """One read-only SELECT within the archive's query limits (rows, bytes, time:
+        :mod:`leads_server.archive.query_run`); reaction names masked with the session's aliases
+        (the given session, else the most recent anonymised one of this server)."""
         if request.session_id is not None:
             aliases = await self.sessions.aliases(request.session_id)
         else:
@@ -107,10 +107,7 @@ class Reads:
             aliases = latest.aliases if latest else ReactionAliases.disabled()
         try:
             result = await anyio.to_thread.run_sync(
-                self.archive.query,
-                aliases.unmask_sql(request.sql),
-                request.max_rows,
-                QUERY_TIMEOUT_S,
+                self.archive.query, aliases.unmask_sql(request.sql), request.max_rows
             )
         except ArchiveError as exc:
             raise DiscoveryError(aliases.mask_text(str(exc))) from exc
@@ -119,6 +116,8 @@ class Reads:
             rows=aliases.mask(result.rows),
             row_count=result.row_count,
             truncated=result.truncated,
+            truncated_reason=result.truncated_reason,
+            notice=result.notice,
         )
 
     async def get_candidate(self, request: GetCandidate) -> CandidateRecord:

@@ -7,6 +7,7 @@ import json
 
 import pytest
 from leads_server.app import LeadsServer
+from leads_server.archive.query_run import MAX_CELL_CHARS, MAX_RESULT_BYTES
 from mcp import Client
 from server_calls import call, fails, start, train
 
@@ -23,6 +24,8 @@ pytestmark = pytest.mark.anyio
         "ATTACH '/tmp/other.duckdb' AS other",
         "SELECT * FROM read_csv('/etc/passwd')",
         "SELECT 1; DROP TABLE candidates",
+        "WITH d AS (DELETE FROM sessions RETURNING *) SELECT * FROM d",
+        "SELECT * FROM glob('/etc/*')",
     ],
 )
 async def test_query_archive_refuses_writes_and_files(client: Client, sql: str) -> None:
@@ -53,3 +56,36 @@ async def test_anonymised_names_in_archive_queries(client: Client, server: Leads
     assert row.reaction == "aliev_panfilov"
     config = server.service.archive.get_session(session_id).config
     assert config["aliases"]["aliev_panfilov"] == alias
+
+
+async def query_sizes(client: Client, **arguments: object) -> tuple[dict, int, int]:
+    """A query_archive result: its structured content, and the bytes of its structured and
+    text content (the text content is the same result, indented)."""
+    result = await client.call_tool("query_archive", arguments)
+    assert not result.is_error, result.content[0].text
+    structured = result.structured_content
+    assert len(result.content) == 1 and json.loads(result.content[0].text) == structured
+    text_bytes = len(result.content[0].text.encode())
+    return structured, len(json.dumps(structured, ensure_ascii=False).encode()), text_bytes
+
+
+async def test_query_archive_results_are_capped_in_bytes(client: Client) -> None:
+    huge, structured_bytes, text_bytes = await query_sizes(
+        client, sql="SELECT repeat('x', 10000000) AS big"
+    )
+    assert huge["rows"][0][0].endswith("…[cut: 10000000 characters in all]")
+    assert len(huge["rows"][0][0]) < MAX_CELL_CHARS + 100
+    assert not huge["truncated"] and "substr(" in huge["notice"]
+    assert structured_bytes < MAX_RESULT_BYTES and text_bytes < MAX_RESULT_BYTES
+
+    many, structured_bytes, text_bytes = await query_sizes(
+        client, sql="SELECT range AS n, repeat('y', 2000) AS s FROM range(1000)", max_rows=1000
+    )
+    assert many["truncated"] and many["truncated_reason"] == "max_bytes"
+    assert 0 < many["row_count"] == len(many["rows"]) < 1000
+    assert f"limit of {MAX_RESULT_BYTES} bytes" in many["notice"]
+    assert structured_bytes <= text_bytes <= MAX_RESULT_BYTES
+
+    rows, _, _ = await query_sizes(client, sql="SELECT * FROM range(10)", max_rows=3)
+    assert rows["truncated_reason"] == "max_rows" and rows["rows"] == [[0], [1], [2]]
+    assert "max_rows limit of 3" in rows["notice"]

@@ -1,6 +1,8 @@
 """The LEADS archive: one DuckDB file per project with every session, candidate, epoch, agent
 step and evaluation (:mod:`.store`), its tables, statuses and schema version (:mod:`.schema`),
-typed rows (:mod:`.rows`) and the agent's read-only SQL (:mod:`.query_guard`)."""
+typed rows (:mod:`.rows`), the agent's read-only SQL behind two defences (the statement check,
+:mod:`.query_guard`; the execution layer and the result's limits, :mod:`.query_run`) and the
+refusal to open a damaged file (:mod:`.recovery`)."""
 
 from .errors import ArchiveError
 from .rows import (

@@ -1,180 +1,192 @@
-"""The agent's read-only SQL on the archive (the ``query_archive`` tool).
+"""The first defence of the agent's SQL (the ``query_archive`` tool): the statement check.
 
-DuckDB 2.0 refuses a second connection to the same file in one process with a different
-configuration (``read_only=True`` or ``enable_external_access=false``: "Can't open a connection
-to same database file with a different configuration"), refuses ATTACHing it from another
-in-memory database ("Unique file handle conflict"), and has no ``statement_timeout`` setting. So
-a query runs on a cursor of the writer's own database instance, and read-only is enforced in
-layers:
+:func:`check_read_only` lets through exactly one read-only query and refuses anything else with
+an :class:`ArchiveError` that starts with :data:`QUERY_REFUSAL`. It reads DuckDB's own parse of
+the text, never a regular expression over it:
 
-1. DuckDB's parser (``extract_statements``) must find exactly one statement of type SELECT (which
-   covers ``WITH``, ``FROM``, ``VALUES``, ``DESCRIBE``, ``SHOW`` and ``SUMMARIZE``), or an
-   ``EXPLAIN`` of one; anything else (INSERT, UPDATE, DELETE, DROP, CREATE, ALTER, COPY, ATTACH,
-   DETACH, INSTALL, LOAD, PRAGMA, SET, CALL, EXPORT, IMPORT, CHECKPOINT, VACUUM, ...) is refused
-   (:func:`check_read_only`).
-2. It runs inside ``BEGIN TRANSACTION READ ONLY`` (rolled back afterwards), so even a statement
-   that slipped through could not write.
-3. File and network access is off for the whole database instance (:func:`lock_down`, called
-   once when the archive opens): ``enable_external_access`` is instance-wide in DuckDB (setting
-   it on a cursor turns it off for the writer too) and cannot be turned back on, and
-   ``lock_configuration=true`` stops any SQL from changing any setting.
-   ``read_csv('/etc/passwd')``, ``read_text``, ``glob``, ``read_parquet`` of a URL,
-   ``INSTALL``/``LOAD`` of extensions and ``ATTACH`` all fail. The archive file itself is
-   unaffected.
-4. At most ``max_rows`` rows are fetched (the result streams, so a huge result costs nothing),
-   and a watchdog thread calls ``cursor.interrupt()`` once ``timeout_s`` has passed.
+1. ``extract_statements`` must find one statement, of type SELECT (which covers ``WITH``,
+   ``FROM``, ``VALUES``, ``DESCRIBE``, ``SHOW`` and ``SUMMARIZE``) or an ``EXPLAIN [ANALYZE]`` of
+   one. INSERT, UPDATE, DELETE, DROP, CREATE, ALTER, COPY, ATTACH, DETACH, INSTALL, LOAD, PRAGMA,
+   SET, CALL, EXPORT, IMPORT, CHECKPOINT, VACUUM, PIVOT (a multi-statement), two statements, ...
+   are refused.
+2. ``json_serialize_sql`` gives the statement's parse tree (parsed, not bound: no table or file is
+   touched). Every query node in it must be a plain query (``SELECT_NODE``, set operations and
+   CTEs): a data-modifying CTE (``WITH d AS (DELETE ... RETURNING *) SELECT ...``, whose statement
+   type is SELECT) shows up as a ``DELETE_QUERY_NODE`` and is refused.
+3. Every table function must be one of :data:`ALLOWED_TABLE_FUNCTIONS` (ranges, ``unnest``, JSON
+   iteration and the catalog's metadata): ``read_csv``, ``read_parquet``, ``read_json``,
+   ``read_text``, ``read_blob``, ``glob``, ``query``, ``sqlite_scan``, ``duckdb_secrets``, ...
+   are refused, and so is a table name that looks like a file or URL (``FROM 'x.csv'``: DuckDB
+   would read the file in its place).
 
-The query cursor can see the ``weights`` column (DuckDB has no per-connection permissions and
-views cannot hide a table in the same instance); BLOB values in results are replaced by a
-``"<N bytes>"`` placeholder, but ``hex(weights)`` would still return them as text, bounded only
-by ``max_rows``.
+The checked query is run as DuckDB prints its parse tree back (``json_deserialize_sql``), so what
+runs is exactly what was checked (no comment, trailing semicolon or second reading of the text),
+wrapped in ``SELECT * FROM (...) LIMIT max_rows + 1`` so that DuckDB itself stops producing rows
+past the row limit (:meth:`CheckedQuery.statement`).
+
+The second, independent defence is the execution layer (:mod:`.query_run`): a read-only
+transaction on a database instance with file and network access off and its configuration
+locked. Either one alone keeps the archive unchanged.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
-import math
+import json
 import re
-import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 
 from .errors import ArchiveError
-from .rows import QueryRows
 
 QUERY_REFUSAL = (
     "query_archive accepts one read-only SELECT statement "
-    "(SELECT, WITH, FROM, VALUES, DESCRIBE, SHOW, SUMMARIZE or EXPLAIN of a SELECT)"
+    "(SELECT, WITH, FROM, VALUES, DESCRIBE, SHOW, SUMMARIZE or EXPLAIN of a SELECT) "
+    "over the archive's tables"
 )
-_EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN(\s+ANALY[SZ]E)?\s+", re.IGNORECASE)
+_EXPLAIN_PREFIX = re.compile(r"^\s*(EXPLAIN(?:\s+ANALY[SZ]E)?)\s+", re.IGNORECASE)
+
+#: Query nodes of a plain read: a SELECT, UNION/EXCEPT/INTERSECT, and (recursive) CTEs.
+READ_QUERY_NODES = frozenset(
+    {"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"}
+)
+
+#: Table functions that read only values or the database's own catalog (no file, no network,
+#: no SQL of their own).
+ALLOWED_TABLE_FUNCTIONS = frozenset(
+    {
+        "range",
+        "generate_series",
+        "unnest",
+        "json_each",
+        "json_tree",
+        "duckdb_columns",
+        "duckdb_constraints",
+        "duckdb_databases",
+        "duckdb_functions",
+        "duckdb_indexes",
+        "duckdb_keywords",
+        "duckdb_schemas",
+        "duckdb_tables",
+        "duckdb_types",
+        "duckdb_views",
+        "pragma_table_info",
+        "pragma_storage_info",
+        "pragma_database_size",
+        "pragma_version",
+    }
+)
+
+#: Characters that make DuckDB read a table name as a file path or URL (a replacement scan).
+_FILE_LIKE = re.compile(r"[./\\:]")
 
 
-def external_access_enabled(connection: duckdb.DuckDBPyConnection) -> bool:
-    """Whether the database instance may still read files (False once :func:`lock_down` ran on
-    it, which tells that this process already has the file open)."""
-    found = connection.execute("SELECT current_setting('enable_external_access')").fetchone()
-    return found is not None and bool(found[0])
+def refusal(reason: str) -> ArchiveError:
+    """An :class:`ArchiveError` saying what query_archive accepts, and why this was refused."""
+    return ArchiveError(f"{QUERY_REFUSAL}: {reason}")
 
 
-def lock_down(connection: duckdb.DuckDBPyConnection) -> None:
-    """Turn off file and network access for the whole database instance, for good."""
-    connection.execute("SET enable_external_access = false")
-    connection.execute("SET lock_configuration = true")
+@dataclass(frozen=True)
+class CheckedQuery:
+    """A query that passed :func:`check_read_only`: ``select`` is DuckDB's own text of the checked
+    SELECT, ``explain`` the ``EXPLAIN``/``EXPLAIN ANALYZE`` before it (None for a plain query)."""
+
+    select: str
+    explain: str | None = None
+
+    def statement(self, max_rows: int) -> str:
+        """The statement to run: the query with DuckDB stopping after ``max_rows + 1`` rows (one
+        more tells that more exist), or the EXPLAIN of it."""
+        if self.explain is not None:
+            return f"{self.explain} {self.select}"
+        return f"SELECT * FROM (\n{self.select}\n) LIMIT {int(max_rows) + 1}"
 
 
-def json_friendly(value: Any) -> Any:
-    """A query result value as something :func:`json.dumps` accepts."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return f"<{len(value)} bytes>"
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    if isinstance(value, Mapping):
-        return {str(key): json_friendly(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_friendly(item) for item in value]
-    return str(value)
-
-
-def check_read_only(cursor: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """Refuse (:class:`ArchiveError`) anything but one SELECT or one EXPLAIN of a SELECT."""
-
-    def refuse(reason: str) -> ArchiveError:
-        return ArchiveError(f"{QUERY_REFUSAL}: {reason}")
-
-    def statements_of(text: str) -> list[Any]:
-        try:
-            return list(cursor.extract_statements(text))
-        except duckdb.Error as exc:
-            raise refuse(f"it does not parse ({exc})") from exc
-
-    statements = statements_of(sql)
-    if len(statements) != 1:
-        raise refuse(f"found {len(statements)} statements")
-    kind = statements[0].type
-    if kind == duckdb.StatementType.EXPLAIN:
-        inner = _EXPLAIN_PREFIX.sub("", statements[0].query, count=1)
-        inner_statements = statements_of(inner) if inner != statements[0].query else []
-        if len(inner_statements) != 1 or inner_statements[0].type != (duckdb.StatementType.SELECT):
-            raise refuse("EXPLAIN is allowed only directly before a SELECT")
-    elif kind != duckdb.StatementType.SELECT:
-        raise refuse(f"{kind.name} statements are not allowed")
-
-
-@contextmanager
-def interrupt_after(cursor: duckdb.DuckDBPyConnection, timeout_s: float) -> Iterator[None]:
-    """Interrupt the cursor's running query once ``timeout_s`` has passed, and keep interrupting
-    every 50 ms until the body ends (an interrupt that lands between two statements is lost)."""
-    done = threading.Event()
-
-    def watch() -> None:
-        if done.wait(timeout_s):
-            return
-        while not done.is_set():
-            cursor.interrupt()
-            done.wait(0.05)
-
-    watchdog = threading.Thread(target=watch, name="archive-query-timeout", daemon=True)
-    watchdog.start()
+def _one_statement(cursor: duckdb.DuckDBPyConnection, sql: str) -> Any:
     try:
-        yield
-    finally:
-        done.set()
-        watchdog.join()
-
-
-def run_query(
-    cursor: duckdb.DuckDBPyConnection, sql: str, max_rows: int, timeout_s: float
-) -> QueryRows:
-    """Run an already checked statement in a read-only transaction, at most ``max_rows`` rows
-    and ``timeout_s`` seconds."""
-    try:
-        cursor.execute("BEGIN TRANSACTION READ ONLY")
-        with interrupt_after(cursor, timeout_s):
-            cursor.execute(sql)
-            columns = [column[0] for column in cursor.description or ()]
-            rows = cursor.fetchmany(max_rows + 1)
-    except duckdb.InterruptException as exc:
-        raise ArchiveError(
-            f"query stopped after {timeout_s:g} s (the query_archive time limit)"
-        ) from exc
-    except duckdb.PermissionException as exc:
-        raise ArchiveError(f"file and network access is disabled in query_archive: {exc}") from exc
+        statements = list(cursor.extract_statements(sql))
     except duckdb.Error as exc:
-        raise ArchiveError(f"query failed: {exc}") from exc
-    finally:
-        try:
-            cursor.execute("ROLLBACK")
-        except duckdb.Error:
-            pass
-    truncated = len(rows) > max_rows
-    rows = rows[:max_rows]
-    return QueryRows(
-        columns=columns,
-        rows=[[json_friendly(value) for value in row] for row in rows],
-        truncated=truncated,
-        row_count=len(rows),
-    )
+        raise refusal(f"it does not parse ({_first_line(exc)})") from exc
+    if len(statements) != 1:
+        raise refusal(f"found {len(statements)} statements")
+    return statements[0]
 
 
-def guarded_query(
-    cursor: duckdb.DuckDBPyConnection, sql: str, max_rows: int, timeout_s: float
-) -> QueryRows:
-    """Check the limits and the statement, then run it (see the module docstring)."""
-    if int(max_rows) < 0:
-        raise ArchiveError(f"max_rows must be >= 0, got {max_rows}")
-    if not timeout_s > 0:
-        raise ArchiveError(f"timeout_s must be > 0, got {timeout_s}")
-    check_read_only(cursor, sql)
-    return run_query(cursor, sql, int(max_rows), float(timeout_s))
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _parse_tree(cursor: duckdb.DuckDBPyConnection, sql: str) -> dict[str, Any]:
+    """DuckDB's parse tree of one SELECT statement (``json_serialize_sql``)."""
+    found = cursor.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
+    tree = json.loads(found[0]) if found else {"error": True}
+    if tree.get("error"):
+        raise refusal(f"DuckDB cannot check it ({tree.get('error_message', 'no parse tree')})")
+    return tree
+
+
+def _nodes(value: Any) -> Iterator[dict[str, Any]]:
+    """Every object of a parse tree, depth first."""
+    if isinstance(value, dict):
+        yield value
+        for item in value.values():
+            yield from _nodes(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _nodes(item)
+
+
+def check_tree(tree: dict[str, Any]) -> None:
+    """Refuse a parse tree with a non-read query node, a table function outside
+    :data:`ALLOWED_TABLE_FUNCTIONS` or a file-like table name."""
+    for node in _nodes(tree):
+        kind = node.get("type")
+        if not isinstance(kind, str):
+            continue
+        if kind.endswith("_NODE") and kind not in READ_QUERY_NODES:
+            what = kind.removesuffix("_NODE").removesuffix("_QUERY")
+            raise refusal(f"it contains a data-modifying {what} (only reads are allowed)")
+        if kind == "TABLE_FUNCTION":
+            function = node.get("function") or {}
+            name = str(function.get("function_name", "")).lower()
+            if name not in ALLOWED_TABLE_FUNCTIONS:
+                raise refusal(
+                    f"table function {name}() is not allowed (no files, network or nested SQL; "
+                    f"allowed: {', '.join(sorted(ALLOWED_TABLE_FUNCTIONS))})"
+                )
+        if kind == "BASE_TABLE" and _FILE_LIKE.search(str(node.get("table_name", ""))):
+            raise refusal(
+                f"{node.get('table_name')!r} names a file, not a table "
+                "(tables: sessions, candidates, epochs, steps, evaluations)"
+            )
+
+
+def _checked_select(cursor: duckdb.DuckDBPyConnection, sql: str) -> str:
+    """DuckDB's text of one checked SELECT statement."""
+    tree = _parse_tree(cursor, sql)
+    statements = tree.get("statements") or []
+    if len(statements) != 1:
+        raise refusal(f"found {len(statements)} statements")
+    check_tree(tree)
+    found = cursor.execute("SELECT json_deserialize_sql(json(?))", [json.dumps(tree)]).fetchone()
+    if not found or not found[0]:
+        raise refusal("DuckDB cannot print it back")
+    return str(found[0])
+
+
+def check_read_only(cursor: duckdb.DuckDBPyConnection, sql: str) -> CheckedQuery:
+    """Refuse (:class:`ArchiveError`) anything but one read-only query over the database's own
+    tables (see the module docstring); return what to run."""
+    statement = _one_statement(cursor, sql)
+    kind = statement.type
+    if kind == duckdb.StatementType.EXPLAIN:
+        prefix = _EXPLAIN_PREFIX.match(statement.query)
+        inner = statement.query[prefix.end() :] if prefix else ""
+        if prefix is None or _one_statement(cursor, inner).type != duckdb.StatementType.SELECT:
+            raise refusal("EXPLAIN is allowed only directly before a SELECT")
+        return CheckedQuery(_checked_select(cursor, inner), prefix.group(1).upper())
+    if kind != duckdb.StatementType.SELECT:
+        raise refusal(f"{kind.name} statements are not allowed")
+    return CheckedQuery(_checked_select(cursor, sql))

@@ -143,10 +143,14 @@ class CandidateDetail(CandidateRow):
 @dataclass(frozen=True)
 class QueryRows(_Row):
     """The result of a read-only query: column names, rows of JSON-friendly values (timestamps
-    as ISO strings, BLOBs as ``"<N bytes>"``), how many rows came back and whether more
-    existed."""
+    as ISO strings, BLOBs as ``"<N bytes>"``, over-long values cut with a ``…[cut: ...]``
+    marker), how many rows came back, whether more existed, which limit left them out
+    (``"max_rows"`` or ``"max_bytes"``) and a notice saying what was cut and how to narrow the
+    query (None when nothing was)."""
 
     columns: list[str]
     rows: list[list[Any]]
     truncated: bool
     row_count: int
+    truncated_reason: str | None = None
+    notice: str | None = None

@@ -162,8 +162,8 @@ MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {1: _migrat
 
 
 def found_version(con: duckdb.DuckDBPyConnection, path: Path) -> int | None:
-    """The file's schema version, or None for a file with no archive tables yet. Refuses a file
-    with archive tables but no recorded version."""
+    """The file's schema version, or None for a new file (no tables at all). Refuses a file with
+    archive tables but no recorded version, and a DuckDB file holding other tables only."""
     rows = con.execute(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
     ).fetchall()
@@ -172,8 +172,14 @@ def found_version(con: duckdb.DuckDBPyConnection, path: Path) -> int | None:
         found = con.execute("SELECT max(version) FROM schema_version").fetchone()
         if found is not None and found[0] is not None:
             return int(found[0])
-    elif not tables & set(TABLES):
+    elif not tables:
         return None
+    elif not tables & set(TABLES):
+        raise ArchiveError(
+            f"the archive {path} is a DuckDB database of something else (tables: "
+            f"{', '.join(sorted(tables)[:8])}), not a LEADS archive; nothing was changed: pass "
+            "leads-server --archive another path (or set LEADS_HOME to another folder)"
+        )
     raise ArchiveError(
         f"the archive {path} has LEADS tables but no schema version, so it was not written by "
         "LEADS or was damaged; move it aside (or pass leads-server --archive another path) and "

@@ -4,8 +4,8 @@ of a LEADS project, in one DuckDB file (by default ``$LEADS_HOME/archive.duckdb`
 Design (ideas borrowed from Optuna's RDB storage):
 
 * **Queryable.** Plain tables (:mod:`leads_server.archive.schema`) that anyone can read with SQL,
-  through :meth:`Archive.query` (:mod:`leads_server.archive.query_guard`) or DuckDB itself once
-  the archive is closed.
+  through :meth:`Archive.query` (:mod:`leads_server.archive.query_guard` and
+  :mod:`leads_server.archive.query_run`) or DuckDB itself once the archive is closed.
 * **Append-only results.** A candidate is inserted as ``pending`` when training starts
   (:meth:`Archive.begin_candidate`), its epochs are appended as they come
   (:meth:`Archive.record_epoch`), and it is completed exactly once
@@ -19,6 +19,8 @@ Design (ideas borrowed from Optuna's RDB storage):
   ``stopped`` (the one status change besides pending -> final; it is safe because only one
   process can hold the file, see below). The ids of the candidates so recovered are in
   :attr:`Archive.recovered_candidates`.
+* **Never overwrites a damaged file.** A file DuckDB cannot read is refused on open, left as it
+  is, with a message that says how to recover (:mod:`leads_server.archive.recovery`).
 
 Concurrency. DuckDB lets one process open a database file for writing. :meth:`Archive.open` on a
 file held by another process raises :class:`ArchiveError` naming the path and the holder.
@@ -54,7 +56,9 @@ from leads_engine.dataset import leads_home
 from leads_engine.spec import OPERATIONS, CandidateSpec
 
 from .errors import ArchiveError
-from .query_guard import external_access_enabled, guarded_query, lock_down
+from .query_guard import check_read_only
+from .query_run import QueryLimits, external_access_enabled, lock_down, run_query
+from .recovery import damaged_archive
 from .rows import CandidateDetail, CandidateRow, EpochRow, EvaluationRow, QueryRows, SessionRow
 from .schema import (
     CANDIDATE_STATUSES,
@@ -119,6 +123,10 @@ def _check_choice(kind: str, value: str, choices: Sequence[str]) -> None:
 
 _CANDIDATE_COLUMNS = "* EXCLUDE (weights), weights IS NOT NULL AS has_weights"
 
+#: No extension is installed or loaded behind the archive's back (a file of another format, such
+#: as SQLite, would otherwise make DuckDB download a reader for it).
+_CONNECT_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+
 
 class Archive:
     """One LEADS project's archive file. Create with :meth:`Archive.open`; use as a context
@@ -140,21 +148,23 @@ class Archive:
         (see the module docstring).
 
         Raises :class:`ArchiveError` if another process holds the file, if this process already
-        has it open, or if the file is not a LEADS archive of a supported schema version."""
+        has it open, if the file is damaged or not a DuckDB file (:mod:`.recovery`: it is left
+        as it is, and the message says how to recover), or if it is not a LEADS archive of a
+        supported schema version."""
         path = Path(path).expanduser().resolve()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ArchiveError(f"cannot create the folder of the archive {path}: {exc}") from exc
         try:
-            connection = duckdb.connect(str(path))
+            connection = duckdb.connect(str(path), config=_CONNECT_CONFIG)
         except duckdb.Error as exc:
             if "lock" in str(exc).lower():
                 raise ArchiveError(
                     f"the archive {path} is in use by another process (DuckDB allows one writer "
                     f"per file); stop it or use another LEADS_HOME. DuckDB said: {exc}"
                 ) from exc
-            raise ArchiveError(f"cannot open the archive {path}: {exc}") from exc
+            raise damaged_archive(path, exc) from exc
         try:
             if not external_access_enabled(connection):
                 raise ArchiveError(
@@ -163,9 +173,14 @@ class Archive:
                 )
             lock_down(connection)
             archive = cls(path, connection)
-            with archive._transaction() as con:
-                prepare_schema(con, path)
-            archive._recover_interrupted()
+            try:
+                with archive._transaction() as con:
+                    prepare_schema(con, path)
+                archive._recover_interrupted()
+            except ArchiveError as exc:
+                if isinstance(exc.__cause__, duckdb.Error):
+                    raise damaged_archive(path, exc.__cause__) from exc
+                raise
         except BaseException:
             connection.close()
             raise
@@ -539,13 +554,22 @@ class Archive:
 
     # ------------------------------------------------------------------ query
 
-    def query(self, sql: str, max_rows: int = 1000, timeout_s: float = 5.0) -> QueryRows:
-        """Run one read-only SELECT for the agent or the user, at most ``max_rows`` rows and
-        ``timeout_s`` seconds (how read-only and the limits are enforced:
-        :mod:`leads_server.archive.query_guard`)."""
+    def query(
+        self,
+        sql: str,
+        max_rows: int = QueryLimits.max_rows,
+        timeout_s: float = QueryLimits.timeout_s,
+        max_bytes: int = QueryLimits.max_bytes,
+    ) -> QueryRows:
+        """Run one read-only SELECT for the agent or the user, at most ``max_rows`` rows,
+        ``max_bytes`` bytes of JSON and ``timeout_s`` seconds. Two defences keep it read-only,
+        each enough alone: the statement check (:mod:`leads_server.archive.query_guard`) and the
+        execution layer (:mod:`leads_server.archive.query_run`, which also applies the limits)."""
+        limits = QueryLimits(int(max_rows), int(max_bytes), float(timeout_s)).checked()
         with self._lock:
             cursor = self._connection().cursor()
         try:
-            return guarded_query(cursor, sql, max_rows, timeout_s)
+            checked = check_read_only(cursor, sql)
+            return run_query(cursor, checked.statement(limits.max_rows), limits)
         finally:
             cursor.close()
