@@ -187,8 +187,8 @@ class SearchRun:
 
     # ------------------------------------------------------------------ archive reading
 
-    async def query(self, sql: str, max_rows: int = 1000) -> list[dict[str, Any]]:
-        """Rows of a read-only archive query (``query_archive``)."""
+    async def _query_page(self, sql: str, max_rows: int) -> dict[str, Any]:
+        """One ``query_archive`` answer (columns, rows, ``truncated``)."""
         arguments: dict[str, Any] = {"sql": sql, "max_rows": max_rows}
         if self.session_id:
             arguments["session_id"] = self.session_id
@@ -198,13 +198,35 @@ class SearchRun:
             result = await self.conn.call("query_archive", arguments)
         if not result.ok:
             raise AgentError(f"query_archive failed: {result.text}")
-        return rows_to_dicts(result.as_dict())
+        return result.as_dict()
+
+    async def query(self, sql: str, page_rows: int = 200) -> list[dict[str, Any]]:
+        """Every row of a read-only archive query (``query_archive``), read page by page.
+
+        The server caps a result's rows and bytes and says so (``truncated``); ``sql`` must end
+        in its ORDER BY, and the pages continue with ``LIMIT``/``OFFSET`` until one comes back
+        whole and short. A single row larger than the server's byte cap is an error, never a
+        silently shorter list."""
+        rows: list[dict[str, Any]] = []
+        while True:
+            answer = await self._query_page(
+                f"{sql} LIMIT {page_rows} OFFSET {len(rows)}", page_rows
+            )
+            page = rows_to_dicts(answer)
+            rows.extend(page)
+            if not answer.get("truncated") and len(page) < page_rows:
+                return rows
+            if not page:
+                raise AgentError(
+                    "query_archive returned no row of a page: one row is larger than the "
+                    f"server's result cap ({answer.get('notice') or 'truncated'})"
+                )
 
     async def read_candidates(self) -> list[Candidate]:
         """Every candidate of the session with its per-epoch curves."""
         sid = _sql_text(self.session_id)
         rows = await self.query(
-            "SELECT candidate_id, operation, parent_id, reaction, diffusion, spec, code, status, "
+            "SELECT candidate_id, operation, parent_id, reaction, diffusion, spec, status, "
             "train_loss, val_loss, best_epoch, parameter_count, diagnosis FROM candidates "
             f"WHERE session_id = {sid} ORDER BY created_at, candidate_id"
         )
