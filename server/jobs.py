@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -56,6 +57,45 @@ class Job:
     initial_weights: bytes | None = field(default=None, repr=False)
     sample: int = 0
     compile: bool = True
+    #: wall-clock limit of the task in seconds (None: none); see :class:`JobLimits`
+    timeout_s: float | None = None
+
+
+#: Node-steps per second a worker is assumed to manage at worst when training (forward and
+#: backward; the slowest catalog templates reach 1.6e6 on one core of the reference CPU, so this
+#: is three times slower, for a busy machine or a larger edited model).
+TRAINING_NODE_STEPS_PER_SECOND = 5e5
+#: Euler steps per data set frame when training (5 sub-steps of 0.4 ms per 2 ms frame).
+STEPS_PER_FRAME = 5
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """Wall-clock limits of training, fine-tuning and evaluation jobs.
+
+    A job may run ``factor`` times its expected duration: the expected seconds per epoch of a
+    data set (its train and val trajectories times nodes times Euler steps, at
+    :data:`TRAINING_NODE_STEPS_PER_SECOND`) times the epochs, never less than ``floor_s``.
+    Worker start-up (fork, imports, lock-down) has the runner's own limit and is not counted."""
+
+    factor: float = 10.0
+    floor_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not (self.factor > 0 and self.floor_s > 0):
+            raise ValueError("job time limits must be positive")
+
+    @staticmethod
+    def epoch_seconds(dataset: Any) -> float:
+        """Expected seconds of one training epoch (train, then validation) on ``dataset``."""
+        trajectories = len(dataset.indices("train")) + len(dataset.indices("val"))
+        node_steps = trajectories * dataset.n_nodes * len(dataset.t) * STEPS_PER_FRAME
+        return node_steps / TRAINING_NODE_STEPS_PER_SECOND
+
+    def seconds(self, dataset: Any, epochs: int) -> float:
+        """The wall-clock limit of a job of ``epochs`` epochs (an evaluation counts as one)."""
+        expected = self.epoch_seconds(dataset) * max(1, epochs)
+        return float(math.ceil(max(self.floor_s, self.factor * expected)))
 
 
 def sandbox_available() -> bool:
@@ -200,6 +240,15 @@ class WorkerPool:
 
     def __init__(self, start_method: str = "forkserver") -> None:
         self.start_method = start_method
+        self._active: set[Worker] = set()
+
+    def kill_all(self) -> int:
+        """SIGKILL every running worker's process group at once (safe from a signal handler:
+        it only sends signals); the jobs fail with "killed". The number of workers killed."""
+        workers = list(self._active)
+        for worker in workers:
+            worker.kill()
+        return len(workers)
 
     def context(self) -> Any:
         """The multiprocessing context jobs are started from (the runner's)."""
@@ -222,18 +271,33 @@ class WorkerPool:
     async def run(self, job: Job, on_progress: ProgressHandler | None = None) -> dict[str, Any]:
         """Run ``job`` in a new worker process and return its result payload.
 
-        Raises :class:`WorkerError` if the job fails or the worker dies; on cancellation the
-        worker is killed before the cancellation propagates."""
+        Raises :class:`WorkerError` if the job fails, runs past ``job.timeout_s`` or the worker
+        dies; on cancellation the worker is killed before the cancellation propagates."""
         worker = Worker(
             _run_job,
             (job,),
+            timeout_s=job.timeout_s,
             with_channel=True,
             threads=1,
             start_method=self.start_method,
             prefix="leads-worker",
         )
+        self._active.add(worker)
         try:
             outcome = await worker.run_async(on_progress)
         except SandboxError as exc:
+            if exc.reason == "timeout" and job.timeout_s is not None:
+                raise WorkerError(_timeout_message(job)) from exc
             raise _job_error(exc) from exc
+        finally:
+            self._active.discard(worker)
         return outcome.value
+
+
+def _timeout_message(job: Job) -> str:
+    """Why a job was stopped at its wall-clock limit, with the limit and the epochs."""
+    work = f"{job.epochs} epochs" if job.kind == "fit" else f"an evaluation on {job.split!r}"
+    return (
+        f"wall-clock limit of {job.timeout_s:g} s for {work} reached; the worker was stopped "
+        "(leads-server --job-timeout-factor / --job-timeout-floor set the limit)"
+    )
