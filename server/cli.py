@@ -18,8 +18,9 @@ TIMEOUT_FACTOR_ENV = "LEADS_JOB_TIMEOUT_FACTOR"
 TIMEOUT_FLOOR_ENV = "LEADS_JOB_TIMEOUT_FLOOR"
 #: Signals that stop the server gracefully (running candidates end failed, "interrupted").
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-#: Seconds the HTTP transport waits for open requests after a stop signal.
-HTTP_SHUTDOWN_SECONDS = 10.0
+#: Seconds the server waits, after a stop signal, for running trainings to archive their final
+#: state and answer (their workers are killed at once), and for open HTTP requests.
+SHUTDOWN_SECONDS = 10.0
 
 
 def _positive(text: str) -> float:
@@ -86,8 +87,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def _serve_stdio(server: Any) -> None:
-    """Serve over stdio until stdin ends or a stop signal comes; on a signal, the running
-    workers are killed and the running trainings end ``failed`` as interrupted."""
+    """Serve over stdio until stdin ends or a stop signal comes.
+
+    On stdin's end the running trainings are cancelled (``cancelled``). On a stop signal the
+    running workers are killed, their trainings end ``failed`` as interrupted and answer, the
+    archive is closed, and the process exits at once: the transport's blocked read of stdin
+    cannot be cancelled, and would otherwise keep the process alive until the client writes."""
     import anyio
 
     async with anyio.create_task_group() as group:
@@ -102,8 +107,13 @@ async def _serve_stdio(server: Any) -> None:
                         file=sys.stderr,
                         flush=True,
                     )
-                    group.cancel_scope.cancel()
-                    return
+                    with anyio.move_on_after(SHUTDOWN_SECONDS):
+                        while server.service.runs.running:
+                            await anyio.sleep(0.05)
+                        await anyio.sleep(0.5)  # the answers reach stdout
+                    server.close()
+                    sys.stderr.flush()
+                    os._exit(0)
 
         group.start_soon(watch_signals)
         await server.run_stdio_async()
@@ -129,7 +139,7 @@ def _serve_http(server: Any, app: Any, host: str, port: int) -> None:
         host=host,
         port=port,
         log_level="warning",
-        timeout_graceful_shutdown=HTTP_SHUTDOWN_SECONDS,
+        timeout_graceful_shutdown=SHUTDOWN_SECONDS,
     )
     Server(config).run()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,6 +102,8 @@ class Runs:
         self.limits = limits or JobLimits()
         #: set when the server stops: trainings still running end failed, "interrupted"
         self.stopping = False
+        #: ids of the candidates training now (until their final state is archived)
+        self.running: set[str] = set()
 
     def stop(self) -> int:
         """The server is stopping: kill every running worker; the trainings they ran end
@@ -229,19 +232,11 @@ class Runs:
         job = self._job(
             "fit", spec, session, weights, epochs=epochs, timeout_s=self._timeout(session, epochs)
         )
-        summary: dict[str, Any] | None = None
+        self.running.add(candidate_id)
         try:
-            payload = await self.pool.run(job, on_epoch)
-            summary = payload["summary"]
-            final = _final_state(summary, payload.get("weights"), epochs)
-        except WorkerError as exc:
-            summary = None
-            final = {"status": "failed", "error": INTERRUPTED_ERROR if self.stopping else str(exc)}
-        except BaseException as exc:
-            with anyio.CancelScope(shield=True):
-                self._finish_abandoned(candidate_id, exc)
-            raise
-        self._finish(candidate_id, final)
+            summary, final = await self._fit(candidate_id, job, on_epoch)
+        finally:
+            self.running.discard(candidate_id)
         error = final.get("error") if summary is None else None
         result = self._training_result(session, candidate_id, spec, summary, error)
         self.sessions.record_step(
@@ -250,6 +245,26 @@ class Runs:
             f"{candidate_id}: {result.status}, {result.diagnosis}",
         )
         return result
+
+    async def _fit(
+        self, candidate_id: str, job: Job, on_epoch: Callable[[dict[str, Any]], Awaitable[None]]
+    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """Run the fit job and archive the candidate's final state: the fit's summary (None
+        when the worker failed) and that state."""
+        summary: dict[str, Any] | None = None
+        try:
+            payload = await self.pool.run(job, on_epoch)
+            summary = payload["summary"]
+            final = _final_state(summary, payload.get("weights"), job.epochs)
+        except WorkerError as exc:
+            summary = None
+            final = {"status": "failed", "error": INTERRUPTED_ERROR if self.stopping else str(exc)}
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                self._finish_abandoned(candidate_id, exc)
+            raise
+        self._finish(candidate_id, final)
+        return summary, final
 
     def _timeout(self, session: DiscoverySession, epochs: int) -> float:
         """The wall-clock limit of a job of ``epochs`` epochs on the session's data set."""

@@ -45,7 +45,8 @@ ORIGINAL = "        return self.conductivity * graph.edge_weight\n"
 
 def edited(*lines: str) -> str:
     """The catalog's ``laplacian_global`` with ``lines`` inserted at the top of
-    ``edge_conductance`` (indented there; the integrator calls it); the trial run uses 60 nodes, training the tiny set's 200."""
+    ``edge_conductance`` (indented there; the integrator calls it); the trial run uses 60
+    nodes, training the tiny set's 200."""
     source = (Path(__file__).parents[1] / "catalogs" / "diffusion" / f"{TEMPLATE}.py").read_text()
     assert ORIGINAL in source
     body = "".join(f"        {line}\n" for line in lines)
@@ -500,7 +501,45 @@ async def test_client_disconnect_over_stdio_ends_the_candidate(home: Path) -> No
     candidates = archived(archive)  # waits until the server released the file
     assert_no_loss(candidates, completed)
     last = list(candidates.values())[-1]
-    assert last["status"] in ("cancelled", "failed"), candidates
+    assert last["status"] == "cancelled", candidates
+    assert outcome == []  # the call was abandoned with the connection
+
+
+def _stdio_server_pid() -> int:
+    """The ``leads-server`` this test process started over stdio."""
+    servers = [p for p in _descendants(os.getpid()) if "leads_server.cli" in _cmdline(p)]
+    assert len(servers) == 1, servers
+    return servers[0]
+
+
+async def test_server_sigterm_over_stdio_interrupts_running_candidates(home: Path) -> None:
+    archive = home / "archive.duckdb"
+    outcome: list[Any] = []
+    with anyio.move_on_after(STOP_SECONDS):
+        try:
+            async with connect(archive=str(archive), compile_training=False) as connection:
+                session_id = await new_session(connection)
+                completed = {await trained_ok(connection, session_id): "ok"}
+                await draft_edit(connection, session_id, LOOP_AT_TRAINING_SIZE)
+                async with anyio.create_task_group() as group:
+
+                    async def training() -> None:
+                        outcome.append(await train(connection, session_id))
+
+                    group.start_soon(training)
+                    pid = _stdio_server_pid()
+                    await wait_for_worker(pid)
+                    os.kill(pid, signal.SIGTERM)
+        except Exception as exc:  # the connection ends with the server
+            outcome.append(exc)
+    assert outcome, "the call did not end"
+    result = outcome[0]  # the training answers before the server exits
+    assert result.ok and result.data["status"] == "failed", result
+    assert result.data["error"] == INTERRUPTED_ERROR
+    candidates = archived(archive)  # as the server left it: no recovery needed
+    assert_no_loss(candidates, completed)
+    last = list(candidates.values())[-1]
+    assert (last["status"], last["error"]) == ("failed", INTERRUPTED_ERROR), candidates
 
 
 async def _wait_for_pending_candidate(connection: ServerConnection) -> None:
