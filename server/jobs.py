@@ -17,10 +17,14 @@ never keeps a core busy.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
 import math
+import os
+import signal
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -154,12 +158,44 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+#: ``prctl`` option: the signal a process gets when its parent dies (Linux).
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when its parent, the fork server, dies; so a server killed by
+    SIGKILL leaves no worker computing on until its wall-clock alarm.
+
+    The fork server exits when the last holder of its "alive" pipe (the server) is gone; every
+    child it forks inherits that pipe's write end (``multiprocessing`` keeps it so that children
+    could start processes of their own, which workers never do), so the worker closes its copy
+    first: otherwise the fork server would wait for the worker, and the worker for it."""
+    from multiprocessing import forkserver
+
+    holder = getattr(forkserver, "_forkserver", None)
+    alive = getattr(holder, "_forkserver_alive_fd", None)
+    if isinstance(alive, int):
+        with contextlib.suppress(OSError):
+            os.close(alive)
+        holder._forkserver_alive_fd = None
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def _run_job(channel: WorkerChannel, job: Job) -> dict[str, Any]:
     """What a job does in the worker: the result payload (weights as ``torch.save`` bytes)."""
     import time
 
     import torch
 
+    _die_with_parent()
     from leads_engine.dataset import load_dataset
     from leads_engine.spec import CandidateSpec
     from leads_engine.training import TrainingConfig, TrainingProgress, evaluate, fit

@@ -395,8 +395,9 @@ async def _fault_mid_training(
     home: Path, fault: Callable[[ServerProcess], Any]
 ) -> tuple[ServerProcess, dict[str, str], list[Any]]:
     """Train looping edited code and inject ``fault`` once its worker runs; the caller's
-    outcome (a result, or the connection's error)."""
+    outcome (a result, or the connection's error). The worker must not outlive the server."""
     outcome: list[Any] = []
+    workers: list[int] = []
     try:
         async with running_server(home) as (server, connection):
             session_id = await new_session(connection)
@@ -408,12 +409,16 @@ async def _fault_mid_training(
                     outcome.append(await train(connection, session_id))
 
                 group.start_soon(training)
-                await wait_for_worker(server.process.pid)
+                workers.append(await wait_for_worker(server.process.pid))
                 await fault(server)
                 with anyio.fail_after(STOP_SECONDS):
                     await server.wait_exit()
     except Exception as exc:  # the connection of a stopped server may fail on the way out
         outcome.append(exc)
+    deadline = time.monotonic() + STOP_SECONDS
+    while Path(f"/proc/{workers[0]}").exists():  # no worker outlives the server
+        assert time.monotonic() < deadline, f"worker {workers[0]} outlived the server"
+        await anyio.sleep(0.05)
     return server, completed, outcome
 
 
