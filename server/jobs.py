@@ -332,7 +332,10 @@ class WorkerPool:
 
 def _timeout_message(job: Job) -> str:
     """Why a job was stopped at its wall-clock limit, with the limit and the epochs."""
-    work = f"{job.epochs} epochs" if job.kind == "fit" else f"an evaluation on {job.split!r}"
+    work = {
+        "fit": f"{job.epochs} epochs",
+        "evaluate": f"an evaluation on {job.split!r}",
+    }.get(job.kind, f"a {job.kind!r} job")
     return (
         f"wall-clock limit of {job.timeout_s:g} s for {work} reached; the worker was stopped "
         "(leads-server --job-timeout-factor / --job-timeout-floor set the limit)"

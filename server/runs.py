@@ -120,9 +120,13 @@ class Runs:
         if spec.diffusion_source is not None:
             require_sandbox()
             try:
-                result = await self.pool.run(
-                    Job("count", spec.model_dump_json(), str(session.dataset_path))
+                job = Job(
+                    "count",
+                    spec.model_dump_json(),
+                    str(session.dataset_path),
+                    timeout_s=self.limits.floor_s,
                 )
+                result = await self.pool.run(job)
             except WorkerError as exc:
                 raise DiscoveryError(f"the edited code cannot be built: {exc}") from exc
             return int(result["parameter_count"])
