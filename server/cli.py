@@ -108,7 +108,7 @@ async def _serve_stdio(server: Any) -> None:
                         flush=True,
                     )
                     with anyio.move_on_after(SHUTDOWN_SECONDS):
-                        while server.service.runs.running:
+                        while server.service.training:
                             await anyio.sleep(0.05)
                         await anyio.sleep(0.5)  # the answers reach stdout
                     server.close()

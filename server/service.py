@@ -95,6 +95,11 @@ class DiscoveryService:
         as interrupted. Safe from a signal handler. The number of workers killed."""
         return self.runs.stop()
 
+    @property
+    def training(self) -> set[str]:
+        """Ids of the candidates training now (until their final state is archived)."""
+        return self.runs.running
+
     def close(self) -> None:
         """Stop the running workers and close the archive."""
         self.runs.stop()
