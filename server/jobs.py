@@ -12,7 +12,10 @@ JSON-friendly summary plus the weights as ``torch.save`` bytes), which the runne
 
 The async side never blocks the event loop, forwards the progress, and kills the worker when
 the awaiting task is cancelled (client cancellation or server shutdown), so an abandoned fit
-never keeps a core busy.
+never keeps a core busy. Every job may carry a wall-clock limit (:class:`JobLimits` sizes it for
+training and evaluation from the data set's size), enforced by the runner; the pool can kill all
+its running workers at once (:meth:`WorkerPool.kill_all`, for a stopping server), and a worker
+dies with its fork server, so a server killed by SIGKILL leaves none behind.
 """
 
 from __future__ import annotations
