@@ -24,6 +24,7 @@ from pydantic import Field
 from pydantic.fields import FieldInfo
 
 from .inputs import TOOL_INPUTS, ToolInput
+from .jobs import JobLimits
 from .service import FIGURES, DiscoveryError, DiscoveryService
 
 T = TypeVar("T")
@@ -70,8 +71,15 @@ class LeadsServer(MCPServer):
         super().__init__(**kwargs)
         self.service = service
 
+    def stop(self) -> int:
+        """Shutdown has begun: kill the running training workers, whose candidates end
+        ``failed`` as interrupted (as reopening the archive marks those of a killed server).
+        Safe from a signal handler; the number of workers killed."""
+        return self.service.stop()
+
     def close(self) -> None:
-        """Close the archive (pending candidates of a dead process are recovered on reopen)."""
+        """Stop the running workers and close the archive (pending candidates of a dead process
+        are recovered on reopen)."""
         self.service.close()
 
 
@@ -146,16 +154,18 @@ def build_server(
     *,
     start_method: str = "forkserver",
     compile_training: bool = True,
+    job_limits: JobLimits | None = None,
     name: str = "leads",
 ) -> LeadsServer:
     """The LEADS MCP server over the archive at ``archive_path`` (default
     ``$LEADS_HOME/archive.duckdb``), opened now. ``start_method`` is how training workers start
     (``forkserver`` or ``spawn``); ``compile_training`` lets the trainer torch.compile the
-    integrator step (seconds per worker, then faster epochs: worth it on full-size sets).
-    Call :meth:`LeadsServer.close` when done."""
+    integrator step (seconds per worker, then faster epochs: worth it on full-size sets);
+    ``job_limits`` sizes the wall-clock limit of training and evaluation jobs (default
+    :class:`JobLimits`). Call :meth:`LeadsServer.close` when done."""
     from leads_engine import __version__
 
-    service = DiscoveryService.open(archive_path, start_method, compile_training)
+    service = DiscoveryService.open(archive_path, start_method, compile_training, job_limits)
     server = LeadsServer(service, name=name, version=str(__version__), instructions=INSTRUCTIONS)
 
     for tool_name, model in TOOL_INPUTS.items():

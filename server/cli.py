@@ -8,8 +8,29 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
+from typing import Any
+
+#: Environment variables with the defaults of --job-timeout-factor and --job-timeout-floor.
+TIMEOUT_FACTOR_ENV = "LEADS_JOB_TIMEOUT_FACTOR"
+TIMEOUT_FLOOR_ENV = "LEADS_JOB_TIMEOUT_FLOOR"
+#: Signals that stop the server gracefully (running candidates end failed, "interrupted").
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+#: Seconds the server waits, after a stop signal, for running trainings to archive their final
+#: state and answer (their workers are killed at once), and for open HTTP requests.
+SHUTDOWN_SECONDS = 10.0
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,7 +68,80 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="do not torch.compile the integrator step (faster start on tiny data sets)",
     )
+    parser.add_argument(
+        "--job-timeout-factor",
+        type=_positive,
+        default=os.environ.get(TIMEOUT_FACTOR_ENV, "10"),
+        help="wall-clock limit of every training, fine-tuning and evaluation job: this factor "
+        "times the expected time (epochs x seconds per epoch estimated from the data set's "
+        f"size); default 10 or ${TIMEOUT_FACTOR_ENV}",
+    )
+    parser.add_argument(
+        "--job-timeout-floor",
+        type=_positive,
+        default=os.environ.get(TIMEOUT_FLOOR_ENV, "300"),
+        help="the least wall-clock limit of a job, in seconds; default 300 or "
+        f"${TIMEOUT_FLOOR_ENV}",
+    )
     return parser.parse_args(argv)
+
+
+async def _serve_stdio(server: Any) -> None:
+    """Serve over stdio until stdin ends or a stop signal comes.
+
+    On stdin's end the running trainings are cancelled (``cancelled``). On a stop signal the
+    running workers are killed, their trainings end ``failed`` as interrupted and answer, the
+    archive is closed, and the process exits at once: the transport's blocked read of stdin
+    cannot be cancelled, and would otherwise keep the process alive until the client writes."""
+    import anyio
+
+    async with anyio.create_task_group() as group:
+
+        async def watch_signals() -> None:
+            with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
+                async for number in signals:
+                    stopped = server.stop()
+                    print(
+                        f"leads-server: {signal.Signals(number).name}: stopping ({stopped} "
+                        "running job(s) interrupted)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    with anyio.move_on_after(SHUTDOWN_SECONDS):
+                        while server.service.training:
+                            await anyio.sleep(0.05)
+                        await anyio.sleep(0.5)  # the answers reach stdout
+                    server.close()
+                    sys.stderr.flush()
+                    os._exit(0)
+
+        group.start_soon(watch_signals)
+        await server.run_stdio_async()
+        group.cancel_scope.cancel()
+
+
+def _serve_http(server: Any, app: Any, host: str, port: int) -> None:
+    """Serve over streamable HTTP; a stop signal kills the running workers first (their
+    trainings end ``failed`` as interrupted and answer), then uvicorn shuts down."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            server.stop()
+            super().handle_exit(sig, frame)
+
+    # uvicorn re-raises the stop signal after its shutdown: handled here, so that the archive
+    # is still closed by main()
+    for number in STOP_SIGNALS:
+        signal.signal(number, lambda *_: None)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=SHUTDOWN_SECONDS,
+    )
+    Server(config).run()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,11 +151,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from .app import build_server
     from .archive import ArchiveError
+    from .jobs import JobLimits
 
     torch.set_num_threads(1)
+    limits = JobLimits(factor=args.job_timeout_factor, floor_s=args.job_timeout_floor)
     try:
         server = build_server(
-            args.archive, start_method=args.workers, compile_training=not args.no_compile
+            args.archive,
+            start_method=args.workers,
+            compile_training=not args.no_compile,
+            job_limits=limits,
         )
     except ArchiveError as exc:
         print(f"leads-server: {exc}", file=sys.stderr)
@@ -69,10 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     server.service.pool.warm_up()
     try:
         if args.transport == "stdio":
-            anyio.run(server.run_stdio_async)
+            anyio.run(_serve_stdio, server)
         else:
-            import uvicorn
-
             from .http import build_http_app
 
             if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
@@ -87,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-            uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+            _serve_http(server, app, args.host, args.port)
     except KeyboardInterrupt:
         pass
     finally:

@@ -12,14 +12,22 @@ JSON-friendly summary plus the weights as ``torch.save`` bytes), which the runne
 
 The async side never blocks the event loop, forwards the progress, and kills the worker when
 the awaiting task is cancelled (client cancellation or server shutdown), so an abandoned fit
-never keeps a core busy.
+never keeps a core busy. Every job may carry a wall-clock limit (:class:`JobLimits` sizes it for
+training and evaluation from the data set's size), enforced by the runner; the pool can kill all
+its running workers at once (:meth:`WorkerPool.kill_all`, for a stopping server), and a worker
+dies with its fork server, so a server killed by SIGKILL leaves none behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
+import math
+import os
+import signal
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -56,6 +64,45 @@ class Job:
     initial_weights: bytes | None = field(default=None, repr=False)
     sample: int = 0
     compile: bool = True
+    #: wall-clock limit of the task in seconds (None: none); see :class:`JobLimits`
+    timeout_s: float | None = None
+
+
+#: Node-steps per second a worker is assumed to manage at worst when training (forward and
+#: backward; the slowest catalog templates reach 1.6e6 on one core of the reference CPU, so this
+#: is three times slower, for a busy machine or a larger edited model).
+TRAINING_NODE_STEPS_PER_SECOND = 5e5
+#: Euler steps per data set frame when training (5 sub-steps of 0.4 ms per 2 ms frame).
+STEPS_PER_FRAME = 5
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """Wall-clock limits of training, fine-tuning and evaluation jobs.
+
+    A job may run ``factor`` times its expected duration: the expected seconds per epoch of a
+    data set (its train and val trajectories times nodes times Euler steps, at
+    :data:`TRAINING_NODE_STEPS_PER_SECOND`) times the epochs, never less than ``floor_s``.
+    Worker start-up (fork, imports, lock-down) has the runner's own limit and is not counted."""
+
+    factor: float = 10.0
+    floor_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not (self.factor > 0 and self.floor_s > 0):
+            raise ValueError("job time limits must be positive")
+
+    @staticmethod
+    def epoch_seconds(dataset: Any) -> float:
+        """Expected seconds of one training epoch (train, then validation) on ``dataset``."""
+        trajectories = len(dataset.indices("train")) + len(dataset.indices("val"))
+        node_steps = trajectories * dataset.n_nodes * len(dataset.t) * STEPS_PER_FRAME
+        return node_steps / TRAINING_NODE_STEPS_PER_SECOND
+
+    def seconds(self, dataset: Any, epochs: int) -> float:
+        """The wall-clock limit of a job of ``epochs`` epochs (an evaluation counts as one)."""
+        expected = self.epoch_seconds(dataset) * max(1, epochs)
+        return float(math.ceil(max(self.floor_s, self.factor * expected)))
 
 
 def sandbox_available() -> bool:
@@ -114,12 +161,44 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+#: ``prctl`` option: the signal a process gets when its parent dies (Linux).
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when its parent, the fork server, dies; so a server killed by
+    SIGKILL leaves no worker computing on until its wall-clock alarm.
+
+    The fork server exits when the last holder of its "alive" pipe (the server) is gone; every
+    child it forks inherits that pipe's write end (``multiprocessing`` keeps it so that children
+    could start processes of their own, which workers never do), so the worker closes its copy
+    first: otherwise the fork server would wait for the worker, and the worker for it."""
+    from multiprocessing import forkserver
+
+    holder = getattr(forkserver, "_forkserver", None)
+    alive = getattr(holder, "_forkserver_alive_fd", None)
+    if isinstance(alive, int):
+        with contextlib.suppress(OSError):
+            os.close(alive)
+        holder._forkserver_alive_fd = None
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def _run_job(channel: WorkerChannel, job: Job) -> dict[str, Any]:
     """What a job does in the worker: the result payload (weights as ``torch.save`` bytes)."""
     import time
 
     import torch
 
+    _die_with_parent()
     from leads_engine.dataset import load_dataset
     from leads_engine.spec import CandidateSpec
     from leads_engine.training import TrainingConfig, TrainingProgress, evaluate, fit
@@ -200,6 +279,15 @@ class WorkerPool:
 
     def __init__(self, start_method: str = "forkserver") -> None:
         self.start_method = start_method
+        self._active: set[Worker] = set()
+
+    def kill_all(self) -> int:
+        """SIGKILL every running worker's process group at once (safe from a signal handler:
+        it only sends signals); the jobs fail with "killed". The number of workers killed."""
+        workers = list(self._active)
+        for worker in workers:
+            worker.kill()
+        return len(workers)
 
     def context(self) -> Any:
         """The multiprocessing context jobs are started from (the runner's)."""
@@ -222,18 +310,36 @@ class WorkerPool:
     async def run(self, job: Job, on_progress: ProgressHandler | None = None) -> dict[str, Any]:
         """Run ``job`` in a new worker process and return its result payload.
 
-        Raises :class:`WorkerError` if the job fails or the worker dies; on cancellation the
-        worker is killed before the cancellation propagates."""
+        Raises :class:`WorkerError` if the job fails, runs past ``job.timeout_s`` or the worker
+        dies; on cancellation the worker is killed before the cancellation propagates."""
         worker = Worker(
             _run_job,
             (job,),
+            timeout_s=job.timeout_s,
             with_channel=True,
             threads=1,
             start_method=self.start_method,
             prefix="leads-worker",
         )
+        self._active.add(worker)
         try:
             outcome = await worker.run_async(on_progress)
         except SandboxError as exc:
+            if exc.reason == "timeout" and job.timeout_s is not None:
+                raise WorkerError(_timeout_message(job)) from exc
             raise _job_error(exc) from exc
+        finally:
+            self._active.discard(worker)
         return outcome.value
+
+
+def _timeout_message(job: Job) -> str:
+    """Why a job was stopped at its wall-clock limit, with the limit and the epochs."""
+    work = {
+        "fit": f"{job.epochs} epochs",
+        "evaluate": f"an evaluation on {job.split!r}",
+    }.get(job.kind, f"a {job.kind!r} job")
+    return (
+        f"wall-clock limit of {job.timeout_s:g} s for {work} reached; the worker was stopped "
+        "(leads-server --job-timeout-factor / --job-timeout-floor set the limit)"
+    )

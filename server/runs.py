@@ -9,7 +9,9 @@ evaluation, runs in a worker process (:mod:`leads_server.jobs`). Archive access 
 from __future__ import annotations
 
 import json
+import logging
 import math
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,10 +22,10 @@ from leads_engine.dataset import leads_home
 from leads_engine.diffusion import DiffusionSpecError
 from leads_engine.spec import CandidateSpec
 
-from .archive import Archive
+from .archive import INTERRUPTED_ERROR, Archive, ArchiveError
 from .errors import SANDBOX_MISSING, DiscoveryError
 from .inputs import EvaluateCandidate, FinetuneCandidate
-from .jobs import Job, JobKind, WorkerError, WorkerPool, sandbox_available
+from .jobs import Job, JobKind, JobLimits, WorkerError, WorkerPool, sandbox_available
 from .models import EvaluationResult, TrainingResult
 from .reads import Reads
 from .state import DiscoverySession, ProgressCallback, Sessions
@@ -32,6 +34,9 @@ if TYPE_CHECKING:
     from leads_engine.diffusion_trial import ValidationReport
 
 FIGURES = ("activation_map.png", "training_curves.png")
+CANCELLED_ERROR = "cancelled by the client before training finished"
+
+log = logging.getLogger(__name__)
 
 
 def _finite(values: list[Any]) -> list[float | None]:
@@ -40,6 +45,30 @@ def _finite(values: list[Any]) -> list[float | None]:
 
 def _opt_finite(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _final_state(summary: dict[str, Any], weights: bytes | None, epochs: int) -> dict[str, Any]:
+    """The archive's final state of a candidate whose fit returned ``summary`` (status ``ok``
+    or ``unstable``; an unstable fit that diverged in its first epoch has no weights)."""
+    train = summary["train_losses"]
+    best = summary["best_epoch"]
+    return {
+        "status": summary["status"],
+        "train_loss": train[best - 1] if best else (train[-1] if train else None),
+        "val_loss": _opt_finite(summary["best_val_loss"]),
+        "best_epoch": best,
+        "parameter_count": summary["parameter_count"],
+        "wall_seconds": summary["wall_seconds"],
+        "metrics": {
+            "diagnosis": summary["diagnosis"],
+            "failure": summary["failure"],
+            "reaction_parameters": summary["reaction_parameters"],
+            "epochs_requested": epochs,
+        },
+        "diagnosis": summary["diagnosis"]["text"],
+        "error": None if summary["status"] == "ok" else json.dumps(summary["failure"]),
+        "weights": weights,
+    }
 
 
 def require_sandbox() -> None:
@@ -63,12 +92,25 @@ class Runs:
         sessions: Sessions,
         reads: Reads,
         compile_training: bool = True,
+        limits: JobLimits | None = None,
     ) -> None:
         self.archive = archive
         self.pool = pool
         self.sessions = sessions
         self.reads = reads
         self.compile_training = compile_training
+        self.limits = limits or JobLimits()
+        #: set when the server stops: trainings still running end failed, "interrupted"
+        self.stopping = False
+        #: ids of the candidates training now (until their final state is archived)
+        self.running: set[str] = set()
+
+    def stop(self) -> int:
+        """The server is stopping: kill every running worker; the trainings they ran end
+        ``failed`` with :data:`INTERRUPTED_ERROR` (what reopening the archive does to candidates
+        a dead server left pending). Safe from a signal handler. The number of workers killed."""
+        self.stopping = True
+        return self.pool.kill_all()
 
     # ------------------------------------------------------------------ before training
 
@@ -78,9 +120,13 @@ class Runs:
         if spec.diffusion_source is not None:
             require_sandbox()
             try:
-                result = await self.pool.run(
-                    Job("count", spec.model_dump_json(), str(session.dataset_path))
+                job = Job(
+                    "count",
+                    spec.model_dump_json(),
+                    str(session.dataset_path),
+                    timeout_s=self.limits.floor_s,
                 )
+                result = await self.pool.run(job)
             except WorkerError as exc:
                 raise DiscoveryError(f"the edited code cannot be built: {exc}") from exc
             return int(result["parameter_count"])
@@ -162,7 +208,12 @@ class Runs:
         progress: ProgressCallback | None = None,
         weights: bytes | None = None,
     ) -> TrainingResult:
-        """Train ``spec`` (from ``weights`` when given) into a new archived candidate."""
+        """Train ``spec`` (from ``weights`` when given) into a new archived candidate.
+
+        The candidate always ends final: ``ok`` or ``unstable`` (a divergence at any epoch, with
+        the best earlier weights if any), ``failed`` (the worker failed, ran past its wall-clock
+        limit or died; the server stopped: :data:`INTERRUPTED_ERROR`) or ``cancelled`` (the
+        client cancelled). The final state is archived before the result is built."""
         candidate_id = self.archive.begin_candidate(session.session_id, spec)
         session.last_candidate_id = candidate_id
 
@@ -182,53 +233,75 @@ class Runs:
                     f"{event['train_loss']:.4g}, val {event['val_loss']:.4g}",
                 )
 
-        try:
-            payload = await self.pool.run(
-                self._job("fit", spec, session, weights, epochs=epochs), on_epoch
-            )
-        except WorkerError as exc:
-            error = str(exc)
-            self.archive.finish_candidate(candidate_id, "failed", error=error)
-            return self._training_result(session, candidate_id, spec, None, error)
-        except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                self.archive.finish_candidate(
-                    candidate_id, "cancelled", error="cancelled by the client or the server"
-                )
-            raise
-        except Exception as exc:
-            self.archive.finish_candidate(
-                candidate_id, "failed", error=f"server error: {type(exc).__name__}: {exc}"
-            )
-            raise
-        summary = payload["summary"]
-        train = summary["train_losses"]
-        best = summary["best_epoch"]
-        self.archive.finish_candidate(
-            candidate_id,
-            summary["status"],
-            train_loss=train[best - 1] if best else (train[-1] if train else None),
-            val_loss=_opt_finite(summary["best_val_loss"]),
-            best_epoch=best,
-            parameter_count=summary["parameter_count"],
-            wall_seconds=summary["wall_seconds"],
-            metrics={
-                "diagnosis": summary["diagnosis"],
-                "failure": summary["failure"],
-                "reaction_parameters": summary["reaction_parameters"],
-                "epochs_requested": epochs,
-            },
-            diagnosis=summary["diagnosis"]["text"],
-            error=None if summary["status"] == "ok" else json.dumps(summary["failure"]),
-            weights=payload["weights"],
+        job = self._job(
+            "fit", spec, session, weights, epochs=epochs, timeout_s=self._timeout(session, epochs)
         )
-        result = self._training_result(session, candidate_id, spec, summary, None)
+        self.running.add(candidate_id)
+        try:
+            summary, final = await self._fit(candidate_id, job, on_epoch)
+        finally:
+            self.running.discard(candidate_id)
+        error = final.get("error") if summary is None else None
+        result = self._training_result(session, candidate_id, spec, summary, error)
         self.sessions.record_step(
             session,
             {"tool": spec.operation, "candidate_id": candidate_id, "spec": spec.model_dump()},
             f"{candidate_id}: {result.status}, {result.diagnosis}",
         )
         return result
+
+    async def _fit(
+        self, candidate_id: str, job: Job, on_epoch: Callable[[dict[str, Any]], Awaitable[None]]
+    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """Run the fit job and archive the candidate's final state: the fit's summary (None
+        when the worker failed) and that state."""
+        summary: dict[str, Any] | None = None
+        try:
+            payload = await self.pool.run(job, on_epoch)
+            summary = payload["summary"]
+            final = _final_state(summary, payload.get("weights"), job.epochs)
+        except WorkerError as exc:
+            summary = None
+            final = {"status": "failed", "error": INTERRUPTED_ERROR if self.stopping else str(exc)}
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                self._finish_abandoned(candidate_id, exc)
+            raise
+        self._finish(candidate_id, final)
+        return summary, final
+
+    def _timeout(self, session: DiscoverySession, epochs: int) -> float:
+        """The wall-clock limit of a job of ``epochs`` epochs on the session's data set."""
+        return self.limits.seconds(session.dataset, epochs)
+
+    def _finish(self, candidate_id: str, final: dict[str, Any]) -> None:
+        """Archive the final state; if that write fails (disk full, archive closed), try to mark
+        the candidate failed with the cause (no weights), then refuse with the cause."""
+        try:
+            self.archive.finish_candidate(candidate_id, **final)
+        except ArchiveError as exc:
+            cause = f"the archive could not store the result of {candidate_id}: {exc}"
+            try:
+                self.archive.finish_candidate(candidate_id, "failed", error=cause)
+            except ArchiveError:
+                log.exception("candidate %s stays pending until the archive reopens", candidate_id)
+            raise DiscoveryError(
+                f"{cause}; free disk space or check {self.archive.path}, then train again"
+            ) from exc
+
+    def _finish_abandoned(self, candidate_id: str, exc: BaseException) -> None:
+        """Finish a candidate whose training stopped with ``exc`` (cancellation, server stop,
+        a server error), never raising over ``exc``."""
+        if self.stopping:
+            status, error = "failed", INTERRUPTED_ERROR
+        elif isinstance(exc, anyio.get_cancelled_exc_class()):
+            status, error = "cancelled", CANCELLED_ERROR
+        else:
+            status, error = "failed", f"server error: {type(exc).__name__}: {exc}"
+        try:
+            self.archive.finish_candidate(candidate_id, status, error=error)
+        except ArchiveError:
+            log.exception("candidate %s stays pending until the archive reopens", candidate_id)
 
     @staticmethod
     def _training_result(
@@ -287,13 +360,17 @@ class Runs:
         spec = self.reads.spec_of(candidate)
         if spec.diffusion_source is not None:
             require_sandbox()
+        job = self._job(
+            "evaluate", spec, session, weights, split=split, timeout_s=self._timeout(session, 1)
+        )
         try:
-            payload = await self.pool.run(
-                self._job("evaluate", spec, session, weights, split=split)
-            )
+            payload = await self.pool.run(job)
         except WorkerError as exc:
             raise DiscoveryError(f"evaluation of {candidate_id} failed: {exc}") from exc
         summary = payload["summary"]
+        self.archive.record_evaluation(
+            candidate_id, split, summary["mse"], _opt_finite(summary["at_mae_ms"]), summary
+        )
         folder = figure_dir(session.session_id, candidate_id)
         curves = {
             "train": [e.train_loss for e in candidate.epochs],
@@ -319,10 +396,15 @@ class Runs:
                 files.append(plot_training_curves(clean, folder / FIGURES[1]))
             return files
 
-        files = await anyio.to_thread.run_sync(plot)
-        self.archive.record_evaluation(
-            candidate_id, split, summary["mse"], _opt_finite(summary["at_mae_ms"]), summary
-        )
+        try:
+            files = await anyio.to_thread.run_sync(plot)
+        except OSError as exc:
+            raise DiscoveryError(
+                f"the evaluation of {candidate_id} on {split!r} is archived (MSE "
+                f"{float(summary['mse']):.4g}; see get_candidate), but its figures could not be "
+                f"written to the run folder {folder}: {exc.strerror or exc}; free disk space or "
+                "make the folder writable, then call evaluate_candidate again for the figures"
+            ) from exc
         return EvaluationResult(
             candidate_id=candidate_id,
             split=split,

@@ -36,7 +36,7 @@ from .inputs import (
     StartSession,
     TrainCandidate,
 )
-from .jobs import WorkerPool
+from .jobs import JobLimits, WorkerPool
 from .models import (
     CandidateRecord,
     CatalogsResult,
@@ -59,14 +59,20 @@ class DiscoveryService:
     """The LEADS tools over one archive. Create it with :meth:`open`."""
 
     def __init__(
-        self, archive: Archive, pool: WorkerPool | None = None, compile_training: bool = True
+        self,
+        archive: Archive,
+        pool: WorkerPool | None = None,
+        compile_training: bool = True,
+        job_limits: JobLimits | None = None,
     ) -> None:
         self.archive = archive
         self.pool = pool or WorkerPool()
         self.store = SessionStore()
         self.sessions = Sessions(archive, self.store)
         self.reads = Reads(archive, self.sessions)
-        self.runs = Runs(archive, self.pool, self.sessions, self.reads, compile_training)
+        self.runs = Runs(
+            archive, self.pool, self.sessions, self.reads, compile_training, job_limits
+        )
         self.drafts = Drafts(self.sessions, self.reads, self.runs)
 
     @classmethod
@@ -75,14 +81,28 @@ class DiscoveryService:
         archive_path: Path | None = None,
         start_method: str = "forkserver",
         compile_training: bool = True,
+        job_limits: JobLimits | None = None,
     ) -> DiscoveryService:
         """Open (or create) the archive; default ``$LEADS_HOME/archive.duckdb``.
         ``compile_training`` lets the trainer torch.compile the integrator step (catalog code
-        only): seconds of compilation per worker process, then ~5x faster steps."""
+        only): seconds of compilation per worker process, then ~5x faster steps.
+        ``job_limits`` sizes the wall-clock limit of every training and evaluation job."""
         archive = Archive.open(archive_path or default_archive_path())
-        return cls(archive, WorkerPool(start_method), compile_training)
+        return cls(archive, WorkerPool(start_method), compile_training, job_limits)
+
+    def stop(self) -> int:
+        """The server is stopping: kill the running workers; their candidates end ``failed``
+        as interrupted. Safe from a signal handler. The number of workers killed."""
+        return self.runs.stop()
+
+    @property
+    def training(self) -> set[str]:
+        """Ids of the candidates training now (until their final state is archived)."""
+        return self.runs.running
 
     def close(self) -> None:
+        """Stop the running workers and close the archive."""
+        self.runs.stop()
         self.archive.close()
 
     # ------------------------------------------------------------------ tools

@@ -16,6 +16,7 @@ import torch
 from leads_server.jobs import (
     CPU_SECONDS_PER_EPOCH,
     Job,
+    JobLimits,
     WorkerError,
     WorkerPool,
     _describe_exit,
@@ -150,3 +151,45 @@ async def test_cancellation_terminates_the_worker(dataset_path: str) -> None:
         await WorkerPool().run(fit_job(dataset_path, 200), note_worker)
     assert scope.cancelled_caught
     assert running and all(gone(pid) for pid in running)
+
+
+def test_job_limits_scale_with_the_data_set_and_the_epochs(dataset_path: str) -> None:
+    from leads_engine.dataset import load_dataset
+
+    tiny = load_dataset(dataset_path)
+    expected = JobLimits.epoch_seconds(tiny)
+    assert 0 < expected < 1  # 3 beats x 200 nodes x 20 frames x 5 steps
+    assert JobLimits().seconds(tiny, 3) == 300  # the floor
+    tight = JobLimits(factor=5, floor_s=1e-3)
+    assert tight.seconds(tiny, 10) >= 5 * 10 * expected
+    assert tight.seconds(tiny, 20) >= 2 * tight.seconds(tiny, 10) - 1
+    with pytest.raises(ValueError):
+        JobLimits(factor=0)
+
+
+async def test_a_job_past_its_wall_clock_limit_is_stopped(dataset_path: str) -> None:
+    line = "        return self.conductivity * graph.edge_weight\n"
+    loop = "        while u.numel() > 0:\n            u = u + 0.0\n"
+    looping = template_source("laplacian_global").replace(line, loop + line)
+    spec = SPEC.model_copy(update={"diffusion_source": looping})
+    job = Job("fit", spec.model_dump_json(), dataset_path, epochs=3, compile=False, timeout_s=2.0)
+    pool = WorkerPool()
+    with pytest.raises(WorkerError) as info:
+        await pool.run(job)
+    assert str(info.value).startswith("wall-clock limit of 2 s for 3 epochs reached")
+    assert "--job-timeout-factor" in str(info.value)
+    assert pool.kill_all() == 0  # nothing left running
+
+
+async def test_kill_all_stops_the_running_workers(dataset_path: str) -> None:
+    pool = WorkerPool()
+    killed: list[int] = []
+
+    async def kill_on_first_epoch(event: dict[str, Any]) -> None:
+        if not killed:
+            killed.append(pool.kill_all())
+
+    with pytest.raises(WorkerError) as info:
+        await pool.run(fit_job(dataset_path, 200), kill_on_first_epoch)
+    assert killed == [1]
+    assert "SIGKILL" in str(info.value)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from leads_server.app import LeadsServer
 from mcp import Client
-from server_calls import call, start, train
+from server_calls import call, fails, start, train
 
 pytest_plugins = ("server_fixtures",)
 pytestmark = pytest.mark.anyio
@@ -159,3 +159,72 @@ async def test_a_session_through_the_tools_reproduces_the_engine(
         engine = fit(spec, dataset, TrainingConfig(epochs=2, compile=False))
         assert served["val_losses"] == pytest.approx(engine.val_losses, rel=1e-6)
         assert served["train_losses"] == pytest.approx(engine.train_losses, rel=1e-6)
+
+
+async def test_a_divergence_at_the_first_epoch_returns_unstable(client: Client, home: Path) -> None:
+    """The issue's repro: no weights at all, still a normal result, one budget step spent."""
+    session_id = await start(client, epochs=1)
+    await call(client, "select_reaction", session_id=session_id, reaction="aliev_panfilov")
+    await call(
+        client,
+        "select_diffusion",
+        session_id=session_id,
+        template="laplacian_global",
+        hyperparameters={"conductivity": 100.0},
+    )
+    result, _ = await train(client, session_id, epochs=1)
+    assert result["status"] == result["verdict"] == "unstable"
+    assert result["failure"]["epoch"] == 1 and result["failure"]["step"] >= 0
+    assert result["best_epoch"] is None and result["error"] is None
+    assert (result["steps_used"], result["budget_left"]) == (1, 3)
+    rows = await call(client, "query_archive", sql="SELECT status FROM candidates")
+    assert rows["rows"] == [["unstable"]]
+    message = await fails(
+        client, "evaluate_candidate", session_id=session_id, candidate_id=result["candidate_id"]
+    )
+    assert "has no weights (status unstable)" in message
+
+
+async def test_an_archive_write_failure_never_leaves_the_candidate_pending(
+    client: Client, server: LeadsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Storing the result fails (as on a full disk): the candidate is marked failed with the
+    cause, and the caller is told."""
+    from leads_server.archive import Archive, ArchiveError
+
+    archive = server.service.archive
+    finish = Archive.finish_candidate
+
+    def full_disk(self: Archive, candidate_id: str, status: str, **fields: object) -> None:
+        if fields.get("weights") is not None:
+            raise ArchiveError("archive write failed: IO Error: No space left on device")
+        finish(self, candidate_id, status, **fields)
+
+    monkeypatch.setattr(Archive, "finish_candidate", full_disk)
+    session_id = await start(client)
+    await call(client, "select_reaction", session_id=session_id, reaction="aliev_panfilov")
+    await call(client, "select_diffusion", session_id=session_id, template="laplacian_global")
+    message = await fails(client, "train_candidate", session_id=session_id, epochs=1)
+    assert "could not store the result" in message and "No space left" in message
+    (candidate,) = archive.list_candidates(session_id)
+    assert candidate.status == "failed"
+    assert "No space left" in archive.get_candidate(candidate.candidate_id).error
+
+
+async def test_a_server_error_after_the_fit_finishes_the_candidate(
+    client: Client, server: LeadsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from leads_server import runs
+
+    def broken(*args: object) -> dict:
+        raise KeyError("weights")
+
+    monkeypatch.setattr(runs, "_final_state", broken)
+    session_id = await start(client)
+    await call(client, "select_reaction", session_id=session_id, reaction="aliev_panfilov")
+    await call(client, "select_diffusion", session_id=session_id, template="laplacian_global")
+    await fails(client, "train_candidate", session_id=session_id, epochs=1)
+    (candidate,) = server.service.archive.list_candidates(session_id)
+    assert candidate.status == "failed"
+    detail = server.service.archive.get_candidate(candidate.candidate_id)
+    assert detail.error == "server error: KeyError: 'weights'"
