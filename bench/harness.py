@@ -25,7 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from leads_engine.dataset import datasets_dir
 from leads_engine.generator import BenchmarkConfig as DataSetConfig
 from leads_engine.generator import benchmark_path, generate_benchmark
-from leads_engine.mesh import make_lv_mesh
+from leads_engine.heart_mesh import make_lv_mesh
 
 from .baseline_rows import run_baseline_row
 from .config import BASELINE_METHODS, LLM_METHODS, METHODS, QUICK_DATA, BenchConfig, Check, Run

@@ -20,7 +20,7 @@ import torch
 
 from leads_engine.diffusion import build_diffusion, list_templates
 from leads_engine.graph import MeshGraph
-from leads_engine.mesh import bundled_mesh
+from leads_engine.heart_mesh import bundled_mesh
 
 
 def _median_ms(run: Callable[[], None], warmup: int, repeats: int, device: str) -> float:

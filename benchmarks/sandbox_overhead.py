@@ -22,7 +22,7 @@ import torch
 from leads_engine.diffusion import list_templates, load_diffusion_class, template_source
 from leads_engine.diffusion_trial import validate_diffusion_source
 from leads_engine.graph import MeshGraph
-from leads_engine.mesh import make_lv_mesh
+from leads_engine.heart_mesh import make_lv_mesh
 from leads_engine.sandbox import check_source
 
 

@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from leads_engine.mesh import bundled_mesh
+from leads_engine.heart_mesh import bundled_mesh
 from leads_engine.reactions import build_reaction
 from leads_engine.reference import reference_simulate
 from leads_engine.simulator import Pacing, simulate

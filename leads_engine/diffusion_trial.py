@@ -23,7 +23,7 @@ import torch
 
 from .diffusion import DiffusionSpecError, load_diffusion_class
 from .graph import MeshGraph
-from .mesh import make_lv_mesh
+from .heart_mesh import make_lv_mesh
 from .sandbox import EDITED_FILENAME, SandboxError, SandboxLimits, Violation, Worker, check_source
 
 __all__ = ["ValidationReport", "dynamic_check", "validate_diffusion_source"]

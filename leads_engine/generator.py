@@ -28,7 +28,8 @@ import torch
 
 from . import __version__
 from .dataset import SPLITS, DatasetError, EPDataset, datasets_dir, resolve_dataset_path
-from .mesh import Mesh, bundled_mesh
+from .heart_mesh import bundled_mesh
+from .mesh import Mesh
 from .reactions import build_reaction, resolve_reaction_name
 from .simulator import Pacing, simulate
 

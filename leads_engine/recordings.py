@@ -30,7 +30,8 @@ import numpy as np
 from . import __version__
 from .dataset import NORMALISATIONS, DatasetError, EPDataset, describe_nan_runs
 from .generator import BenchmarkConfig, assign_split, generate_benchmark
-from .mesh import Mesh, bundled_mesh, load_mesh
+from .heart_mesh import bundled_mesh
+from .mesh import Mesh, load_mesh
 from .metrics import activation_times
 from .observation import infinite_medium_lead_field
 

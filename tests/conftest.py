@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from leads_engine.dataset import EPDataset
-from leads_engine.mesh import Mesh, bundled_mesh, make_lv_mesh
+from leads_engine.heart_mesh import bundled_mesh, make_lv_mesh
+from leads_engine.mesh import Mesh
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -9,7 +9,7 @@ from typing import Any
 from mcp import Client
 
 from leads_engine.generator import BenchmarkConfig, generate_benchmark
-from leads_engine.mesh import make_lv_mesh
+from leads_engine.heart_mesh import make_lv_mesh
 
 REAL_NAMES = ("aliev", "panfilov", "rogers", "mcculloch", "mitchell", "schaeffer", "fenton")
 

@@ -11,7 +11,7 @@ from leads_agent.cli import main
 from leads_server.archive import Archive
 
 from leads_engine.generator import BenchmarkConfig, generate_benchmark
-from leads_engine.mesh import make_lv_mesh
+from leads_engine.heart_mesh import make_lv_mesh
 
 pytest.importorskip("leads_server.cli")
 

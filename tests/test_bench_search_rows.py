@@ -10,7 +10,7 @@ from leads_bench.config import BenchConfig, Run
 from leads_bench.search_rows import HDTWINGEN_PROMPT, search_setup
 
 from leads_engine.generator import BenchmarkConfig, generate_benchmark
-from leads_engine.mesh import make_lv_mesh
+from leads_engine.heart_mesh import make_lv_mesh
 
 
 def test_hdtwingen_row_trains_the_llm_s_free_form_code_in_the_sandbox(tmp_path, monkeypatch):

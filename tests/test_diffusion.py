@@ -22,7 +22,7 @@ from leads_engine.diffusion import (
     template_source,
 )
 from leads_engine.graph import MeshGraph
-from leads_engine.mesh import make_lv_mesh
+from leads_engine.heart_mesh import make_lv_mesh
 
 TEMPLATES = [info.name for info in list_templates()]
 ALLOWED_IMPORTS = {"torch", "torch_geometric", "math"}

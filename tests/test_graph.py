@@ -8,7 +8,7 @@ import scipy.sparse as sp
 import torch
 
 from leads_engine.graph import MeshGraph, conductance_map
-from leads_engine.mesh import make_lv_mesh
+from leads_engine.heart_mesh import make_lv_mesh
 
 
 @pytest.fixture(scope="module")

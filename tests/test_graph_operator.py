@@ -11,7 +11,7 @@ from torch_geometric.nn import GCNConv, SAGEConv
 
 from leads_engine.graph import MeshGraph
 from leads_engine.graph_operator import GraphOperator
-from leads_engine.mesh import make_lv_mesh
+from leads_engine.heart_mesh import make_lv_mesh
 
 
 def _plain_csr(operator: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from leads_server.jobs import (
 
 from leads_engine.diffusion import template_source
 from leads_engine.generator import BenchmarkConfig, generate_benchmark
-from leads_engine.mesh import make_lv_mesh
+from leads_engine.heart_mesh import make_lv_mesh
 from leads_engine.sandbox import exit_cause
 from leads_engine.spec import CandidateSpec
 

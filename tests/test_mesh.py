@@ -12,7 +12,8 @@ import scipy.linalg
 import torch
 from scipy.spatial import ConvexHull, Delaunay
 
-from leads_engine.mesh import Mesh, MeshError, bundled_mesh, load_mesh, make_lv_mesh, validate_mesh
+from leads_engine.heart_mesh import bundled_mesh, make_lv_mesh
+from leads_engine.mesh import Mesh, MeshError, load_mesh, validate_mesh
 
 # --------------------------------------------------------------------------------------
 # Test meshes
