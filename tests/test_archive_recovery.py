@@ -133,6 +133,29 @@ def test_a_crash_log_is_replayed(tmp_path: Path):
         assert archive.get_session(session).status == "stopped"
 
 
+@pytest.mark.parametrize("loss", ["deleted", "torn"])
+def test_finished_results_do_not_depend_on_the_crash_log(tmp_path: Path, loss: str):
+    """A finished candidate is checkpointed into the database file, so a crash log that is lost
+    or cut short (a torn write) takes only work in flight with it."""
+    path = tmp_path / "archive.duckdb"
+    session, done, flight = killed_mid_training(path)
+    wal = tmp_path / "archive.duckdb.wal"
+    if loss == "deleted":
+        wal.unlink()
+    else:
+        data = wal.read_bytes()
+        wal.write_bytes(data[: len(data) // 2])
+    with Archive.open(path) as archive:
+        finished = archive.get_candidate(done)
+        assert finished.status == "ok" and finished.val_loss == 1.0
+        assert archive.get_weights(done) == b"w" and len(finished.epochs) == 1
+        assert archive.get_session(session).budget == 5
+        assert [c.status for c in archive.list_candidates(session) if c.candidate_id != done] in (
+            [],
+            ["failed"],
+        )
+
+
 def test_a_damaged_crash_log_is_refused_and_kept(tmp_path: Path):
     path = tmp_path / "archive.duckdb"
     killed_mid_training(path)

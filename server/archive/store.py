@@ -14,7 +14,10 @@ Design (ideas borrowed from Optuna's RDB storage):
   ``status`` is kept true by the store itself (see :mod:`leads_server.archive.schema`).
 * **Survives a crash.** Every write is one transaction, committed to DuckDB's write-ahead log
   before the method returns, so a process killed mid-training loses at most the candidate in
-  flight. That candidate stays ``pending`` in the file; the next :meth:`Archive.open` marks every
+  flight. A finished candidate and an evaluation are also checkpointed into the database file
+  itself (:meth:`Archive._checkpoint`), so the crash log only ever holds work in flight and a
+  lost or torn crash log cannot take a finished result with it. The candidate in flight stays
+  ``pending`` in the file; the next :meth:`Archive.open` marks every
   ``pending`` candidate ``failed`` with the error :data:`INTERRUPTED_ERROR` and its session
   ``stopped`` (the one status change besides pending -> final; it is safe because only one
   process can hold the file, see below). The ids of the candidates so recovered are in
@@ -45,6 +48,7 @@ import math
 import os
 import threading
 import uuid
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -224,6 +228,23 @@ class Archive:
                 con.execute("COMMIT")
             except duckdb.Error as exc:
                 raise ArchiveError(f"archive commit failed: {exc}") from exc
+
+    def _checkpoint(self) -> None:
+        """Move what the crash log holds into the database file (after a result is final).
+
+        The result is already committed when this runs, so a checkpoint that fails (a full
+        disk, say) loses nothing: the crash log still holds it and the next open replays it.
+        That is reported as a warning, not as a failed write."""
+        with self._lock:
+            try:
+                self._connection().execute("CHECKPOINT")
+            except duckdb.Error as exc:
+                warnings.warn(
+                    f"the archive {self.path} could not be checkpointed ({exc}); the result is "
+                    "committed to its crash log and is replayed when the archive next opens",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self._lock:
@@ -438,6 +459,7 @@ class Archive:
             ).fetchone()
             if session is not None:
                 refresh_session_status(con, session[0])
+        self._checkpoint()
 
     def get_candidate(self, candidate_id: str) -> CandidateDetail:
         """The candidate (no weights: ``has_weights`` tells whether there are any), with its
@@ -551,6 +573,7 @@ class Archive:
                     utcnow(),
                 ],
             )
+        self._checkpoint()
 
     # ------------------------------------------------------------------ query
 
