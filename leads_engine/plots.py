@@ -10,14 +10,22 @@ The functions take plain arrays, so this module does not depend on the mesh clas
 Every figure is a standalone :class:`matplotlib.figure.Figure` rendered with the Agg canvas,
 so nothing touches the global pyplot state and no display is needed.  Each function writes
 a PNG (creating parent directories) and returns its :class:`pathlib.Path`.
+
+The functions may be called from several threads (the server draws figures off its event
+loop), but matplotlib's text layout is not thread-safe: its mathtext parser is shared by the
+whole process, and two figures drawn at once made one fail (``ParseException: Expected end of
+text, found '$'``, 4 of 39 concurrent evaluations in a soak run). So one figure is drawn at a
+time in a process (:func:`_one_figure_at_a_time`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import matplotlib
 import numpy as np
@@ -51,6 +59,22 @@ PathLikeStr = str | PathLike[str]
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
+
+
+#: held while a figure is drawn: matplotlib's text layout is process-wide and not thread-safe
+_DRAWING = threading.RLock()
+_Plot = TypeVar("_Plot", bound=Callable[..., Path])
+
+
+def _one_figure_at_a_time(plot: _Plot) -> _Plot:
+    """Draw the decorated figure while holding the process's drawing lock."""
+
+    @functools.wraps(plot)
+    def draw(*args: Any, **kwargs: Any) -> Path:
+        with _DRAWING:
+            return plot(*args, **kwargs)
+
+    return draw  # type: ignore[return-value]
 
 
 def _new_figure(figsize: tuple[float, float]) -> Figure:
@@ -159,6 +183,7 @@ def _n_nan(a: np.ndarray) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+@_one_figure_at_a_time
 def plot_activation_map(
     points: Any,
     cells: Any,
@@ -206,6 +231,7 @@ def plot_activation_map(
     return _save(fig, path)
 
 
+@_one_figure_at_a_time
 def plot_activation_comparison(
     points: Any,
     cells: Any,
@@ -271,6 +297,7 @@ def plot_activation_comparison(
     return _save(fig, path)
 
 
+@_one_figure_at_a_time
 def plot_activation_grid(
     rows: list[tuple[str, Any, Any, dict[str, Any]]],
     path: PathLikeStr,
@@ -316,6 +343,7 @@ def plot_activation_grid(
 # --------------------------------------------------------------------------------------------
 
 
+@_one_figure_at_a_time
 def plot_traces(
     t: Any,
     u: Any,
@@ -383,6 +411,7 @@ def plot_traces(
     return _save(fig, path)
 
 
+@_one_figure_at_a_time
 def plot_training_curves(
     curves: Mapping[str, Sequence[float]],
     path: PathLikeStr,

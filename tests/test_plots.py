@@ -155,3 +155,22 @@ def test_plot_activation_grid_rows_of_methods(tmp_path: Path) -> None:
         plot_activation_grid([], tmp_path / "empty.png")
     with pytest.raises(ValueError):
         plot_activation_grid([("AP", points, cells, {"truth": truth[:-1]})], tmp_path / "x.png")
+
+
+def test_figures_drawn_from_many_threads_at_once_all_succeed(tmp_path: Path) -> None:
+    """The server draws figures in worker threads; matplotlib's text layout is shared by the
+    process, so concurrent draws must not break one another (a soak run saw 4 of 39 concurrent
+    evaluations fail before the figures were drawn one at a time)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(0)
+    curves = {"train": list(np.geomspace(1.0, 1e-4, 12)), "val": list(np.geomspace(2, 2e-4, 12))}
+
+    def draw(i: int) -> Path:
+        noisy = {k: [v * (1 + 0.1 * rng.random()) for v in vs] for k, vs in curves.items()}
+        return plot_training_curves(noisy, tmp_path / f"curves_{i}.png", title=f"run {i} ($x$)")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        paths = list(pool.map(draw, range(48)))
+    for path in paths:
+        assert_png(path)
