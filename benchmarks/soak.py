@@ -36,6 +36,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,11 +108,11 @@ class SoakServer:
             str(self.port),
             "--archive",
             str(self.archive),
-            "--token",
-            self.token,
             "--no-compile",
         ]
-        env = {**os.environ, "LEADS_HOME": str(home)}
+        # the token goes by environment: not on the command line, and a token_urlsafe that
+        # starts with "-" would read as an option there
+        env = {**os.environ, "LEADS_HOME": str(home), "LEADS_SERVER_TOKEN": self.token}
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=log, env=env)
         self.url = f"http://127.0.0.1:{self.port}/mcp"
@@ -131,6 +133,17 @@ class SoakServer:
             except OSError:
                 await anyio.sleep(0.2)
         raise RuntimeError(f"the server did not listen within {START_SECONDS:.0f} s")
+
+    def status_without_token(self) -> int:
+        """The HTTP status of an MCP request without the token (401 expected)."""
+        request = urllib.request.Request(
+            self.url, data=b"{}", headers={"Content-Type": "application/json"}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30.0) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
 
     def stop(self) -> int:
         """SIGTERM, then wait for the exit (SIGKILL, and its workers, only past the deadline);
@@ -524,6 +537,7 @@ async def run_soak(clients: int, calls: int, seconds: float, port: int, home: Pa
     ledger = Ledger()
     try:
         await server.wait_ready()
+        refused = await anyio.to_thread.run_sync(server.status_without_token)
         with MemorySampler(server.process.pid) as memory:
             started = time.perf_counter()
             await run_clients(server.url, server.token, clients, CallQuota(calls, seconds), ledger)
@@ -531,6 +545,8 @@ async def run_soak(clients: int, calls: int, seconds: float, port: int, home: Pa
     finally:
         exit_code = server.stop()
     problems = check_archive(server.archive, ledger)
+    if refused != 401:
+        problems.append(f"a request without the token got HTTP {refused}, not 401")
     if exit_code != 0:
         problems.append(f"the server exited {exit_code}:\n{server.log_tail()}")
     return SoakReport(
