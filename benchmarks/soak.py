@@ -5,11 +5,12 @@
 It writes the tiny data set (200 nodes, 4 samples, 40 ms) into a temporary ``LEADS_HOME``,
 starts ``leads-server --transport http --no-compile`` on 127.0.0.1 with a bearer token, and runs
 ``--clients`` concurrent clients (each its own streamable HTTP session, as ``leads-agent
---server-url`` connects) until ``--calls`` calls were made in all or ``--seconds`` passed. Each
-client opens a discovery session (1 epoch per candidate, a budget larger than it can spend) and
-loops over a round of calls: ``select_reaction``, ``select_diffusion`` and ``train_candidate``
-(cheap physical catalog templates), ``query_archive``, ``get_candidate``, ``list_catalogs``,
-the ``session://{id}/summary`` resource, and every fourth round ``evaluate_candidate``.
+--server-url`` connects) until ``--calls`` calls were made in all or ``--seconds`` passed (no
+call starts after that; one in flight finishes). Each client opens a discovery session (1 epoch per
+candidate, a budget larger than it can spend) and loops over a round of calls: ``select_reaction``,
+``select_diffusion`` and ``train_candidate`` (cheap physical catalog templates), ``query_archive``,
+``get_candidate``, ``list_catalogs``, the ``session://{id}/summary`` resource, and every fourth
+round ``evaluate_candidate``.
 
 A thread samples the server process's resident memory (and that of its worker processes) during
 the run. At the end the server is stopped with SIGTERM and the archive file is opened with
