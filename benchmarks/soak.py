@@ -50,7 +50,7 @@ from leads_agent.connection import ServerConnection, connect
 from leads_server.archive import FINAL_STATUSES, Archive, ArchiveError
 
 from leads_engine.generator import BenchmarkConfig, generate_benchmark
-from leads_engine.mesh import make_lv_mesh
+from leads_engine.heart_mesh import make_lv_mesh
 
 #: Generous deadlines (seconds): a busy machine imports torch slowly.
 START_SECONDS = 180.0
