@@ -21,21 +21,9 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from server_calls import call, save_tiny
 
+pytest_plugins = ("server_fixtures",)  # anyio_backend, home (LEADS_HOME with the tiny set)
 pytestmark = pytest.mark.anyio
 SERVER = [sys.executable, "-m", "leads_server.cli", "--no-compile"]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "leads_home"
-    monkeypatch.setenv("LEADS_HOME", str(home))
-    save_tiny(home)
-    return home
 
 
 def stdio_params(home: Path, *prefix: str) -> StdioServerParameters:
