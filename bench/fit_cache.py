@@ -135,7 +135,12 @@ class FitCache:
         )
 
     def store(self, key: str, result: FitResult) -> None:
-        summary = {**result.summary(), "has_weights": result.state_dict is not None}
+        summary = {
+            **result.summary(),
+            # unrounded, so that a row rebuilt from cached fits adds up to the same wall time
+            "wall_seconds": result.wall_seconds,
+            "has_weights": result.state_dict is not None,
+        }
         if result.state_dict is not None:
             _write_atomically(
                 self.folder / f"{key}.pt", lambda path: torch.save(result.state_dict, path)

@@ -232,12 +232,16 @@ class Archive:
     def _checkpoint(self) -> None:
         """Move what the crash log holds into the database file (after a result is final).
 
-        The result is already committed when this runs, so a checkpoint that fails (a full
-        disk, say) loses nothing: the crash log still holds it and the next open replays it.
-        That is reported as a warning, not as a failed write."""
+        The result is already committed when this runs, so a checkpoint that cannot run loses
+        nothing: the crash log still holds it and the next open replays it. While another
+        thread's query holds a transaction DuckDB declines to checkpoint; the next finished
+        result's checkpoint then takes this one along, so that case is expected and silent.
+        Any other failure (a full disk, say) is reported as a warning, not as a failed write."""
         with self._lock:
             try:
                 self._connection().execute("CHECKPOINT")
+            except duckdb.TransactionException:
+                return  # other transactions are active: the next checkpoint takes this one
             except duckdb.Error as exc:
                 warnings.warn(
                     f"the archive {self.path} could not be checkpointed ({exc}); the result is "
