@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
+import textwrap
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -99,3 +103,16 @@ def corrupt_deflate_stream(path: Path, member: str) -> None:
     name_length, extra_length = struct.unpack("<HH", data[offset + 26 : offset + 30])
     data[offset + 30 + name_length + extra_length] = 0xFF
     path.write_bytes(bytes(data))
+
+
+def run_python(script: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` (dedented) in a fresh interpreter that imports this checkout; a test's way
+    to have a process killed or crash without taking the test process with it."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )

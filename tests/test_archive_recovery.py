@@ -8,15 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import run_python
 from leads_server.archive import INTERRUPTED_ERROR, Archive, ArchiveError
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def fingerprint(folder: Path) -> dict[str, str]:
@@ -86,17 +84,6 @@ def test_a_damaged_file_is_refused_and_kept(tmp_path: Path, fault: str):
     with Archive.open(path) as archive:
         assert archive.list_sessions() == []
     assert fingerprint(tmp_path)["archive.duckdb.broken"] == before["archive.duckdb"]
-
-
-def run_python(script: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
 
 
 def killed_mid_training(path: Path) -> list[str]:

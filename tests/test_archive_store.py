@@ -4,13 +4,10 @@ writer per file."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import run_python
 from leads_server.archive import (
     INTERRUPTED_ERROR,
     TABLES,
@@ -23,8 +20,6 @@ from leads_server.archive import (
 )
 
 from leads_engine.spec import CandidateSpec
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -56,17 +51,6 @@ def make_spec(
         parent_id=parent,
         operation=operation,
         seed=seed,
-    )
-
-
-def run_python(script: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
     )
 
 
@@ -262,7 +246,9 @@ def test_open_fails_candidates_left_pending(archive_path: Path):
 
 
 def test_a_killed_process_loses_only_the_candidate_in_flight(archive_path: Path):
-    result = run_python(f"""
+    result = run_python(
+        timeout=60,
+        script=f"""
         import os, signal
         from leads_engine.spec import CandidateSpec
         from leads_server.archive import Archive
@@ -278,7 +264,8 @@ def test_a_killed_process_loses_only_the_candidate_in_flight(archive_path: Path)
         archive.record_epoch(flight, 0, 5.0, 5.0, 0.1)
         print(session, done, flight, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
-    """)
+    """,
+    )
     assert result.returncode == -9, result.stderr
     session, done, flight = result.stdout.split()
 
@@ -299,13 +286,16 @@ def test_a_killed_process_loses_only_the_candidate_in_flight(archive_path: Path)
 
 
 def test_the_file_is_held_by_one_process(archive: Archive, archive_path: Path):
-    result = run_python(f"""
+    result = run_python(
+        timeout=60,
+        script=f"""
         from leads_server.archive import Archive, ArchiveError
         try:
             Archive.open({str(archive_path)!r})
         except ArchiveError as exc:
             print("refused:", exc)
-    """)
+    """,
+    )
     assert result.returncode == 0, result.stderr
     assert "refused:" in result.stdout and "in use by another process" in result.stdout
     assert str(archive_path) in result.stdout
