@@ -17,6 +17,7 @@ from .connection import ServerConnection, ToolResult
 from .errors import AgentError
 from .home import leads_home
 from .policy import Policy, Usage
+from .reveal import Revealed
 from .state import NOT_TRAINED, Candidate, Decision, SearchState, ToolCall, rows_to_dicts
 
 __all__ = ["RunConfig", "RunResult", "RunView", "find_true_reaction", "run_search"]
@@ -73,6 +74,8 @@ class RunResult:
     steps_recorded_on_server: bool = True
     notes: list[str] = field(default_factory=list)
     best_record: dict[str, Any] | None = None
+    #: an anonymised session's truth, read for the user after the search (never for the model)
+    revealed: Revealed | None = None
 
     def summary(self) -> dict[str, Any]:
         """Machine-readable summary (the ``--json`` output)."""
@@ -123,6 +126,7 @@ class RunResult:
             "usage": self.usage.as_dict(),
             "wall_seconds": round(self.wall_seconds, 2),
             "notes": self.notes,
+            "revealed": None if self.revealed is None else self.revealed.as_dict(),
         }
 
 

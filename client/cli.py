@@ -12,6 +12,7 @@ import subprocess
 import sys
 from typing import Any
 
+import anyio.to_thread
 from rich.console import Console
 
 from .agent import RunConfig, RunResult, report_folder, run_search
@@ -21,6 +22,7 @@ from .llm import SYSTEM_PROMPT, LLMPolicy, RetryPolicy, agent_tools
 from .offline import OfflinePolicy
 from .policy import Policy
 from .report import write_report
+from .reveal import reveal_session
 from .ui import LiveView, QuietView
 
 __all__ = ["BASELINES", "build_parser", "main"]
@@ -229,6 +231,10 @@ async def _run(args: argparse.Namespace, console: Console) -> tuple[RunResult, s
             backend = getattr(policy, "backend", None)
             if backend is not None:
                 await backend.aclose()
+        if result.anonymised and result.completed:
+            result.revealed = await anyio.to_thread.run_sync(
+                reveal_session, result.session_id, args.archive, not args.server_url
+            )
         report = None
         if result.completed or result.steps:
             folder = report_folder(args.report, result.session_id)

@@ -116,6 +116,31 @@ async def write_report(conn: ServerConnection, result: RunResult, folder: Path) 
     return path
 
 
+def _revealed_lines(result: RunResult) -> list[str]:
+    """What the anonymised session hid from its agent (read for the user after the search)."""
+    revealed = result.revealed
+    if revealed is None:
+        return []
+    lines = ["", "## Revealed after the search", ""]
+    if revealed.unavailable:
+        return lines + [f"Real names not read here: {revealed.unavailable}."]
+    best = result.best
+    lines += [
+        f"- data set: `{revealed.dataset}`; true reaction: **{revealed.true_reaction or '?'}**",
+    ]
+    if best is not None:
+        chosen = revealed.real(best.reaction)
+        verdict = (
+            "the true reaction"
+            if revealed.true_reaction and chosen == revealed.true_reaction
+            else "not the true reaction"
+        )
+        lines.append(f"- chosen: {best.reaction} = **{chosen}** ({verdict})")
+    lines += ["", "| alias | reaction |", "|---|---|"]
+    lines += [f"| {alias} | {real} |" for alias, real in sorted(revealed.aliases.items())]
+    return lines
+
+
 def _markdown(
     result: RunResult, figures: dict[str, Path], spec_path: Path | None, weights: Path | None
 ) -> str:
@@ -199,6 +224,7 @@ def _markdown(
             if weights
             else "- weights: not offered by the server (kept in its archive)"
         )
+    lines += _revealed_lines(result)
     evaluation = result.evaluation or {}
     lines += ["", "## Test split", ""]
     if evaluation:

@@ -37,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="leads-server",
         description="LEADS MCP server: discover cardiac EP digital twins through MCP tools.",
+        epilog="leads-server reveal SESSION_ID [--archive PATH]: print what an anonymised "
+        "session hides from its agent (its data set and the real names behind its aliases), "
+        "for the user's eyes; no MCP tool can read it.",
     )
     parser.add_argument(
         "--transport",
@@ -144,7 +147,53 @@ def _serve_http(server: Any, app: Any, host: str, port: int) -> None:
     Server(config).run()
 
 
+def reveal(argv: list[str]) -> int:
+    """``leads-server reveal SESSION_ID [--archive PATH]``: print an anonymised session's truth
+    (:mod:`leads_server.archive.truth`) as JSON. Reads the truth file only, so it works while a
+    server holds the archive."""
+    import json
+
+    from .archive.errors import ArchiveError
+    from .archive.truth import TruthStore
+
+    parser = argparse.ArgumentParser(
+        prog="leads-server reveal",
+        description="Print what an anonymised session hides from its agent: the data set's "
+        "name, path and summary, and the real reaction name behind each alias.",
+    )
+    parser.add_argument("session_id")
+    parser.add_argument(
+        "--archive",
+        type=Path,
+        default=None,
+        help="DuckDB archive file (default $LEADS_HOME/archive.duckdb, LEADS_HOME=~/.leads)",
+    )
+    args = parser.parse_args(argv)
+    if args.archive is None:
+        from leads_engine.dataset import leads_home
+
+        args.archive = leads_home() / "archive.duckdb"
+    try:
+        truth = TruthStore(args.archive).read(args.session_id)
+    except ArchiveError as exc:
+        print(f"leads-server reveal: {exc}", file=sys.stderr)
+        return 2
+    revealed = {
+        "session_id": truth.session_id,
+        "dataset": truth.dataset,
+        "dataset_path": truth.dataset_path,
+        "true_reaction": truth.true_reaction,
+        "aliases": {alias: real for real, alias in sorted(truth.aliases.items())},
+        "dataset_summary": truth.dataset_summary,
+    }
+    print(json.dumps(revealed, indent=1, default=str))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["reveal"]:
+        return reveal(argv[1:])
     args = parse_args(argv)
     import anyio
     import torch

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from leads_engine.reactions import NeuralReaction
 from leads_engine.spec import CandidateSpec, UnknownReactionError, resolve_reaction
 
 from .catalog_view import reaction_names
@@ -33,9 +34,9 @@ from .state import DiscoverySession, Draft, Sessions
 
 @dataclass(frozen=True)
 class DraftChange:
-    """What one draft operation does: the draft fields it sets, the step it archives (the
-    action's arguments and a text, real names) and its reply; ``parameter_count`` when the
-    operation counted."""
+    """What one draft operation does: the draft fields it sets (real names), the step it
+    archives (the action's arguments and a text, as the session shows them) and its reply;
+    ``parameter_count`` when the operation counted."""
 
     fields: dict[str, Any]
     action: dict[str, Any]
@@ -93,16 +94,8 @@ class Drafts:
         """Set the draft's reaction model."""
 
         async def decide(session: DiscoverySession, parent: Parent | None) -> DraftChange:
-            aliases = session.aliases
-            try:
-                real, hp = resolve_reaction(aliases.real(request.reaction), request.hyperparameters)
-            except UnknownReactionError as exc:
-                raise DiscoveryError(
-                    f"unknown reaction {request.reaction!r}; this session's reactions: "
-                    f"{', '.join(reaction_names(aliases))}"
-                ) from exc
-            except ValueError as exc:
-                raise DiscoveryError(aliases.mask_text(str(exc))) from exc
+            real, hp = _resolved_reaction(session, request.reaction, request.hyperparameters)
+            shown = session.aliases.show(real)
             next_step = (
                 "select a diffusion next"
                 if session.draft.diffusion is None
@@ -110,9 +103,9 @@ class Drafts:
             )
             return DraftChange(
                 fields={"reaction": real, "reaction_hyperparameters": hp},
-                action={"reaction": real, "hyperparameters": hp},
-                note=f"draft reaction {real}",
-                message=f"reaction {aliases.show(real)} selected; {next_step}",
+                action={"reaction": shown, "hyperparameters": hp},
+                note=f"draft reaction {shown}",
+                message=f"reaction {shown} selected; {next_step}",
             )
 
         return await self._draft("select_reaction", request.session_id, None, decide)
@@ -295,7 +288,11 @@ class Drafts:
                 "select_diffusion (or refine_diffusion / modify_diffusion / simplify_diffusion)"
             )
         reference_id = draft.parent_id or session.last_candidate_id
-        reference = None if reference_id is None else self.reads.spec(reference_id)
+        reference = (
+            None
+            if reference_id is None
+            else self.reads.spec_of(self.reads.candidate(reference_id, session), session)
+        )
         parent_id = draft.parent_id
         partial = draft.reaction is None or draft.diffusion is None
         if reference is None and partial:
@@ -329,6 +326,39 @@ class Drafts:
         session.draft = Draft()
         session.steps_used += 1
         return spec
+
+
+def _resolved_reaction(
+    session: DiscoverySession, name: str, hyperparameters: dict[str, int] | None
+) -> tuple[str, dict[str, int]]:
+    """The real catalog name and checked hyper-parameters of a reaction as the agent named it.
+
+    An anonymised session accepts its aliases and 'neural' only: a real or short catalog name is
+    refused like any unknown name, and no message ever pairs a name the agent wrote with an alias
+    (that would map them)."""
+    aliases = session.aliases
+    choices = ", ".join(reaction_names(aliases))
+    if aliases.enabled:
+        real = aliases.real(name)
+        if real == name and name != NeuralReaction.name:
+            raise DiscoveryError(
+                f"{name!r} is not a reaction of this anonymised session; its reactions are "
+                f"{choices} (catalog names are not accepted here)"
+            )
+        if real != NeuralReaction.name and hyperparameters:
+            raise DiscoveryError(
+                f"reaction {name!r} takes no hyper-parameters (only 'neural' does); pass none"
+            )
+    else:
+        real = name
+    try:
+        return resolve_reaction(real, hyperparameters)
+    except UnknownReactionError as exc:
+        raise DiscoveryError(
+            f"unknown reaction {name!r}; this session's reactions: {choices}"
+        ) from exc
+    except ValueError as exc:
+        raise DiscoveryError(str(exc)) from exc
 
 
 def _diffusion(

@@ -1,5 +1,7 @@
-"""Reads of the archive, masked with the session's reaction aliases: candidates (and their
-specs), agent SQL queries, session summaries and weights."""
+"""Reads of the archive for the tools: candidates (and their specs), agent SQL queries, session
+summaries and weights. An anonymised session's rows are already written under its aliases, so
+reads return them as stored; only a spec about to be trained or evaluated is turned back to the
+real reaction (:meth:`Reads.spec_of`), inside the server."""
 
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ import anyio.to_thread
 
 from leads_engine.spec import CandidateSpec
 
-from .anonymise import ReactionAliases
-from .archive import Archive, ArchiveError, CandidateDetail
+from .archive import Archive, ArchiveError, CandidateDetail, QueryRows
+from .archive.query_scope import QueryScope
 from .errors import DiscoveryError, checked_spec
 from .inputs import GetCandidate, QueryArchive
 from .models import CandidateRecord, QueryResult, SessionSummary
@@ -67,13 +69,10 @@ class Reads:
         return candidate
 
     @staticmethod
-    def spec_of(candidate: CandidateDetail) -> CandidateSpec:
-        """The archived spec of a candidate, validated as it is loaded."""
-        return checked_spec(candidate.spec)
-
-    def spec(self, candidate_id: str) -> CandidateSpec:
-        """The spec of any archived candidate."""
-        return self.spec_of(self.candidate(candidate_id))
+    def spec_of(candidate: CandidateDetail, session: DiscoverySession) -> CandidateSpec:
+        """The archived spec of a candidate of ``session`` with its real reaction, validated as
+        it is loaded."""
+        return checked_spec(session.aliases.real_fields(candidate.spec or {}))
 
     def trained_parent(self, candidate_id: str, session: DiscoverySession) -> Parent:
         """A candidate of ``session`` that finished training (a draft's parent)."""
@@ -82,7 +81,7 @@ class Reads:
             raise DiscoveryError(
                 f"candidate {candidate_id!r} is {candidate.status}: derive from a trained candidate"
             )
-        return Parent(candidate_id, self.spec_of(candidate), candidate.parameter_count)
+        return Parent(candidate_id, self.spec_of(candidate, session), candidate.parameter_count)
 
     def stored_weights(self, candidate_id: str) -> bytes | None:
         """The trained state dict (``torch.save`` bytes) of a candidate, if it has one."""
@@ -98,22 +97,28 @@ class Reads:
 
     async def query_archive(self, request: QueryArchive) -> QueryResult:
         """One read-only SELECT within the archive's query limits (rows, bytes, time:
-        :mod:`leads_server.archive.query_run`); reaction names masked with the session's aliases
-        (the given session, else the most recent anonymised one of this server)."""
-        if request.session_id is not None:
-            aliases = await self.sessions.aliases(request.session_id)
-        else:
-            latest = self.sessions.store.latest_anonymised()
-            aliases = latest.aliases if latest else ReactionAliases.disabled()
+        :mod:`leads_server.archive.query_run`) over the rows of the given session, or without
+        one of every non-anonymised session (:mod:`leads_server.archive.query_scope`)."""
+        if request.session_id is not None and self.sessions.store.get(request.session_id) is None:
+            try:
+                self.sessions.row(request.session_id)
+            except ArchiveError as exc:
+                raise DiscoveryError(
+                    f"unknown session {request.session_id!r}: pass a session_id that "
+                    "start_session returned, or none to query the non-anonymised sessions"
+                ) from exc
+        scope = QueryScope(request.session_id)
+
+        def run() -> QueryRows:
+            return self.archive.query(request.sql, request.max_rows, scope=scope)
+
         try:
-            result = await anyio.to_thread.run_sync(
-                self.archive.query, aliases.unmask_sql(request.sql), request.max_rows
-            )
+            result = await anyio.to_thread.run_sync(run)
         except ArchiveError as exc:
-            raise DiscoveryError(aliases.mask_text(str(exc))) from exc
+            raise DiscoveryError(str(exc)) from exc
         return QueryResult(
-            columns=aliases.mask(result.columns),
-            rows=aliases.mask(result.rows),
+            columns=result.columns,
+            rows=result.rows,
             row_count=result.row_count,
             truncated=result.truncated,
             truncated_reason=result.truncated_reason,
@@ -121,10 +126,10 @@ class Reads:
         )
 
     async def get_candidate(self, request: GetCandidate) -> CandidateRecord:
-        """An archived candidate, names masked with its session's aliases."""
+        """An archived candidate as its session wrote it (an anonymised one under its
+        aliases)."""
         candidate = self.candidate(request.candidate_id)
-        aliases = self.sessions.aliases_of_archived(candidate.session_id)
-        return CandidateRecord.model_validate(aliases.mask(candidate.as_dict()))
+        return CandidateRecord.model_validate(candidate.as_dict())
 
     async def session_summary(self, session_id: str) -> SessionSummary:
         """Configuration, budget, draft and candidates of a session."""
@@ -137,8 +142,8 @@ class Reads:
         ]
         return SessionSummary(
             session_id=session_id,
-            dataset=session.dataset_name,
-            dataset_path=str(session.dataset_path),
+            dataset=session.dataset_shown,
+            dataset_path=None if session.anonymised else str(session.dataset_path),
             status=row.status,
             budget=session.budget,
             steps_used=session.steps_used,
@@ -148,5 +153,5 @@ class Reads:
             anonymised=session.aliases.enabled,
             draft=None if session.draft.empty else session.draft_view(None),
             best_candidate_id=None if best is None else best.candidate_id,
-            candidates=session.aliases.mask(candidates),
+            candidates=candidates,
         )

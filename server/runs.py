@@ -157,10 +157,13 @@ class Runs:
     ) -> str:
         """Archive refused edited code as a 'refused' candidate (no budget used); its id.
 
-        ``refused`` holds the spec's fields as drafted. It is stored as given, without the
-        spec's checks: code may be refused before any reaction was chosen."""
+        ``refused`` holds the spec's fields as drafted (real names). It is stored as the session
+        shows it, without the spec's checks: code may be refused before any reaction was
+        chosen."""
         spec = CandidateSpec.model_construct(**refused)
-        return self.archive.record_refusal(session.session_id, spec, message)
+        return self.archive.record_refusal(
+            session.session_id, session.aliases.shown_spec(spec), message
+        )
 
     # ------------------------------------------------------------------ training
 
@@ -195,7 +198,7 @@ class Runs:
                 f"candidate {request.candidate_id!r} has no weights (status {parent.status}); "
                 "fine-tune a candidate whose training finished"
             )
-        spec = self.reads.spec_of(parent).model_copy(
+        spec = self.reads.spec_of(parent, session).model_copy(
             update={"parent_id": request.candidate_id, "operation": "finetune"}
         )
         return await self.train(session, spec, request.epochs, progress, weights)
@@ -214,7 +217,8 @@ class Runs:
         the best earlier weights if any), ``failed`` (the worker failed, ran past its wall-clock
         limit or died; the server stopped: :data:`INTERRUPTED_ERROR`) or ``cancelled`` (the
         client cancelled). The final state is archived before the result is built."""
-        candidate_id = self.archive.begin_candidate(session.session_id, spec)
+        shown = session.aliases.shown_spec(spec)
+        candidate_id = self.archive.begin_candidate(session.session_id, shown)
         session.last_candidate_id = candidate_id
 
         async def on_epoch(event: dict[str, Any]) -> None:
@@ -245,7 +249,7 @@ class Runs:
         result = self._training_result(session, candidate_id, spec, summary, error)
         self.sessions.record_step(
             session,
-            {"tool": spec.operation, "candidate_id": candidate_id, "spec": spec.model_dump()},
+            {"tool": spec.operation, "candidate_id": candidate_id, "spec": shown.model_dump()},
             f"{candidate_id}: {result.status}, {result.diagnosis}",
         )
         return result
@@ -311,7 +315,6 @@ class Runs:
         summary: dict[str, Any] | None,
         error: str | None,
     ) -> TrainingResult:
-        aliases = session.aliases
         summary = summary or {}
         diagnosis = summary.get("diagnosis") or {
             "text": f"training failed: {error}",
@@ -323,13 +326,13 @@ class Runs:
             status=summary.get("status", "failed"),
             operation=spec.operation,
             parent_id=spec.parent_id,
-            reaction=aliases.show(spec.reaction),
+            reaction=session.aliases.show(spec.reaction),
             diffusion=spec.diffusion,
             train_losses=_finite(summary.get("train_losses", [])),
             val_losses=_finite(summary.get("val_losses", [])),
             best_val_loss=_opt_finite(summary.get("best_val_loss")),
             best_epoch=summary.get("best_epoch"),
-            diagnosis=aliases.mask_text(diagnosis["text"]),
+            diagnosis=diagnosis["text"],
             verdict=diagnosis["verdict"],
             parameter_count=summary.get("parameter_count"),
             wall_seconds=float(summary.get("wall_seconds", 0.0)),
@@ -337,7 +340,7 @@ class Runs:
                 k: _opt_finite(v) for k, v in summary.get("reaction_parameters", {}).items()
             },
             failure=summary.get("failure"),
-            error=None if error is None else aliases.mask_text(error),
+            error=error,
             budget_left=session.budget_left,
             steps_used=session.steps_used,
         )
@@ -357,7 +360,7 @@ class Runs:
             )
         if len(session.dataset.indices(split)) == 0:
             raise DiscoveryError(f"the data set has no {split!r} samples; choose another split")
-        spec = self.reads.spec_of(candidate)
+        spec = self.reads.spec_of(candidate, session)
         if spec.diffusion_source is not None:
             require_sandbox()
         job = self._job(

@@ -3,7 +3,10 @@ starting a session and restoring one from the archive after a restart.
 
 A session holds its data set, search budget, epochs per candidate, seed, the reaction-name
 aliases (anonymisation) and the *draft*: the candidate the agent is assembling and that
-``train_candidate`` trains. Archive access here: sessions and agent steps.
+``train_candidate`` trains. Archive access here: sessions, agent steps, and the truth files of
+anonymised sessions (:mod:`leads_server.archive.truth`): an anonymised session's row holds its
+data set's neutral handle and public summary, its truth file the data set's name, path, full
+summary and the alias map.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from leads_engine.dataset import (
 from leads_engine.reactions import ALIASES, REACTION_MODELS
 from leads_engine.spec import SEARCH_OPERATIONS, Operation
 
-from .anonymise import ReactionAliases
+from .anonymise import ReactionAliases, dataset_handle, public_summary
 from .archive import Archive, ArchiveError, SessionRow
+from .archive.store import new_session_id
+from .archive.truth import SessionTruth, TruthStore
 from .catalog_view import reaction_names
 from .errors import DiscoveryError
 from .inputs import StartSession
@@ -57,10 +62,13 @@ class Draft:
 
 @dataclass
 class DiscoverySession:
-    """One search over one data set."""
+    """One search over one data set. ``dataset_name`` and ``dataset_path`` are the real ones
+    (trusted code only); ``dataset_shown`` is what the agent sees (an anonymised session's neutral
+    handle)."""
 
     session_id: str
     dataset_name: str
+    dataset_shown: str
     dataset_path: Path
     dataset: EPDataset
     budget: int
@@ -76,6 +84,10 @@ class DiscoverySession:
     @property
     def budget_left(self) -> int:
         return max(0, self.budget - self.steps_used)
+
+    @property
+    def anonymised(self) -> bool:
+        return self.aliases.enabled
 
     def draft_view(self, parameter_count: int | None) -> DraftView:
         """The draft as the agent sees it (reaction under the session's name)."""
@@ -106,10 +118,6 @@ class SessionStore:
     def get(self, session_id: str) -> DiscoverySession | None:
         return self.sessions.get(session_id)
 
-    def latest_anonymised(self) -> DiscoverySession | None:
-        anonymised = [s for s in self.sessions.values() if s.aliases.enabled]
-        return anonymised[-1] if anonymised else None
-
     def dataset(self, path: Path) -> EPDataset:
         """Load (once per file version) the data set at ``path``; call from a thread."""
         key = (str(path.resolve()), path.stat().st_mtime)
@@ -124,6 +132,14 @@ class Sessions:
     def __init__(self, archive: Archive, store: SessionStore) -> None:
         self.archive = archive
         self.store = store
+        self.truth = TruthStore(archive.path)
+
+    def truth_of(self, row: SessionRow) -> SessionTruth:
+        """The hidden truth of an anonymised session (a DiscoveryError when it is lost)."""
+        try:
+            return self.truth.read(row.session_id)
+        except ArchiveError as exc:
+            raise DiscoveryError(f"session {row.session_id!r} cannot be resumed: {exc}") from exc
 
     async def get(self, session_id: str) -> DiscoverySession:
         """The live session, or one restored from the archive (after a server restart)."""
@@ -138,24 +154,30 @@ class Sessions:
                 "it returns"
             ) from exc
         config = row.config or {}
-        path = Path(row.dataset_path or row.dataset)
+        if row.anonymise:
+            truth = self.truth_of(row)
+            name, path, aliases = truth.dataset, Path(truth.dataset_path), truth.aliases
+        else:
+            name, path, aliases = row.dataset, Path(row.dataset_path or row.dataset), {}
         try:
             dataset = await anyio.to_thread.run_sync(self.store.dataset, path)
         except (DatasetError, OSError) as exc:
+            shown = f"{row.dataset!r}" if row.anonymise else f"{path} ({exc})"
             raise DiscoveryError(
-                f"session {session_id!r} cannot be resumed: its data set {path} is unavailable "
-                f"({exc}); start a new session"
+                f"session {session_id!r} cannot be resumed: its data set {shown} is "
+                "unavailable; start a new session"
             ) from exc
         candidates = self.archive.list_candidates(session_id)
         session = DiscoverySession(
             session_id=session_id,
-            dataset_name=row.dataset,
+            dataset_name=name,
+            dataset_shown=row.dataset,
             dataset_path=path,
             dataset=dataset,
             budget=int(row.budget or 0),
             epochs=int(config.get("epochs", StartSession().epochs)),  # the tool's default
             seed=int(row.seed or 0),
-            aliases=ReactionAliases(config.get("aliases") or {}),
+            aliases=ReactionAliases(aliases),
             batch_size=config.get("batch_size"),
             steps_used=sum(
                 c.operation in SEARCH_OPERATIONS and c.status != "refused" for c in candidates
@@ -172,34 +194,22 @@ class Sessions:
         """The aliases of a session (restoring it), or none without a session."""
         return (await self.get(session_id)).aliases if session_id else ReactionAliases.disabled()
 
-    def aliases_of_archived(self, session_id: str) -> ReactionAliases:
-        """The aliases of a live or archived session without restoring it (none if unknown)."""
-        session = self.store.get(session_id)
-        if session is not None:
-            return session.aliases
-        try:
-            config = self.archive.get_session(session_id).config or {}
-        except ArchiveError:
-            return ReactionAliases.disabled()
-        return ReactionAliases(config.get("aliases") or {})
-
     def row(self, session_id: str) -> SessionRow:
         """The archived session row (status, configuration)."""
         return self.archive.get_session(session_id)
 
     def record_step(self, session: DiscoverySession, action: Mapping[str, Any], text: str) -> None:
-        """Archive a server action (a draft change, a training) as a step, names masked."""
-        self.archive.record_step(session.session_id, None, dict(action), session.aliases.mask(text))
+        """Archive a server action (a draft change, a training) as a step; the caller passes it
+        as the session shows it (reaction aliases)."""
+        self.archive.record_step(session.session_id, None, dict(action), text)
 
     def record_agent_step(
         self, session: DiscoverySession, thought: str, action: Mapping[str, Any], observation: str
     ) -> int:
-        """Archive an agent's reasoning step; its number within the session."""
+        """Archive an agent's reasoning step as the agent wrote it (never rewritten with the
+        aliases: a rewrite would tell which alias a real name has); its number."""
         return self.archive.record_step(
-            session.session_id,
-            session.aliases.mask(thought),
-            {"source": "agent", **dict(action)},
-            session.aliases.mask(observation),
+            session.session_id, thought, {"source": "agent", **dict(action)}, observation
         )
 
     # ------------------------------------------------------------------ starting
@@ -214,29 +224,43 @@ class Sessions:
             data = await anyio.to_thread.run_sync(self.store.dataset, path)
         except DatasetError as exc:
             raise DiscoveryError(f"cannot load data set {dataset!r}: {exc}") from exc
-        aliases = (
-            ReactionAliases.shuffled(request.seed)
-            if request.anonymise
-            else ReactionAliases.disabled()
-        )
         summary = data.summary()
-        session_id = self.archive.create_session(
-            dataset=dataset,
-            dataset_path=str(path.resolve()),
+        session_id = new_session_id()
+        if request.anonymise:
+            aliases = ReactionAliases.shuffled()
+            shown = dataset_handle(session_id)
+            truth = SessionTruth(
+                session_id=session_id,
+                dataset=dataset,
+                dataset_path=str(path.resolve()),
+                dataset_summary=summary,
+                aliases=aliases.mapping,
+            )
+            try:
+                self.truth.write(truth)
+            except ArchiveError as exc:
+                raise DiscoveryError(f"cannot start an anonymised session: {exc}") from exc
+            summary = public_summary(summary, shown)
+        else:
+            aliases, shown = ReactionAliases.disabled(), dataset
+        self.archive.create_session(
+            dataset=shown,
+            dataset_path=None if request.anonymise else str(path.resolve()),
             budget=request.budget,
             anonymise=request.anonymise,
             seed=request.seed,
             config={
                 "epochs": request.epochs,
                 "batch_size": request.batch_size,
-                "aliases": aliases.mapping,
                 "dataset_summary": summary,
             },
+            session_id=session_id,
         )
         self.store.add(
             DiscoverySession(
                 session_id=session_id,
                 dataset_name=dataset,
+                dataset_shown=shown,
                 dataset_path=path.resolve(),
                 dataset=data,
                 budget=request.budget,
@@ -246,8 +270,6 @@ class Sessions:
                 batch_size=request.batch_size,
             )
         )
-        if request.anonymise:
-            summary["reaction"] = "hidden (anonymised session)"
         return SessionStarted(
             session_id=session_id,
             dataset=summary,

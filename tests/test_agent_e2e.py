@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from leads_agent.cli import main
-from leads_server.archive import Archive
 
 from leads_engine.generator import BenchmarkConfig, generate_benchmark
 from leads_engine.heart_mesh import make_lv_mesh
@@ -67,9 +66,11 @@ def test_discover_stops_resumes_and_reports(tiny_home: Path, capsys: pytest.Capt
     later = searched[len(screen) :]
     assert later and all(c["reaction"] == best_screen["reaction"] for c in later)
     # on this synthetic set the chosen reaction is the true one (Aliev-Panfilov)
-    with Archive.open(tiny_home / "archive.duckdb") as archive:
-        aliases = archive.get_session(session).config["aliases"]
-    assert best_screen["reaction"] == aliases["aliev_panfilov"]
+    # (the names are revealed to the user after the search, from the server's truth files)
+    revealed = summary["revealed"]
+    assert revealed["unavailable"] is None and revealed["dataset"] == "tiny"
+    assert revealed["true_reaction"] == "aliev_panfilov"
+    assert revealed["aliases"][best_screen["reaction"]] == "aliev_panfilov"
 
     assert summary["finetuned"]["status"] == "ok"
     assert summary["test"]["mse"] > 0
@@ -77,6 +78,8 @@ def test_discover_stops_resumes_and_reports(tiny_home: Path, capsys: pytest.Capt
     text = (report_dir / "report.md").read_text()
     assert "## Search trajectory" in text and "Screening reactions" in text
     assert "test MSE" in text
+    assert "## Revealed after the search" in text
+    assert "**aliev_panfilov** (the true reaction)" in text
     for name in ("activation_map.png", "training_curves.png", "validation_per_step.png"):
         assert (report_dir / name).read_bytes()[:4] == b"\x89PNG"
     spec = json.loads((report_dir / "best_model_spec.json").read_text())

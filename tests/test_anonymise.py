@@ -1,19 +1,24 @@
-"""Reaction-name anonymisation (server/anonymise.py): a seeded bijection between catalog names
-and aliases, masking of every spelling in text and data, and unmasking of the agent's SQL."""
+"""Reaction-name anonymisation (server/anonymise.py): a bijection between catalog names and
+aliases drawn from the OS's random source, specs shown under aliases and turned back, the public
+part of a data set's summary, and masking of every spelling in text and data (for migrations)."""
 
 from __future__ import annotations
 
-from leads_server.anonymise import ReactionAliases
+import random
+
+from leads_server.anonymise import ReactionAliases, dataset_handle, public_summary
 
 from leads_engine.reactions import REACTION_MODELS
+from leads_engine.spec import CandidateSpec
 
 
-def test_aliases_are_a_seeded_bijection_over_the_catalog() -> None:
-    aliases = ReactionAliases.shuffled(3)
+def test_aliases_are_a_bijection_over_the_catalog_that_no_seed_reproduces() -> None:
+    aliases = ReactionAliases.shuffled(random.Random(3))
     assert set(aliases.mapping) == set(REACTION_MODELS)
     assert sorted(aliases.mapping.values()) == [f"reaction_{c}" for c in "ABCDE"]
-    assert ReactionAliases.shuffled(3).mapping == aliases.mapping  # same seed, same aliases
-    assert any(ReactionAliases.shuffled(s).mapping != aliases.mapping for s in range(4, 10))
+    assert ReactionAliases.shuffled(random.Random(3)).mapping == aliases.mapping
+    drawn = {tuple(sorted(ReactionAliases.shuffled().mapping.items())) for _ in range(40)}
+    assert len(drawn) > 1  # 120 orders: 40 draws from the OS's source are not all the same
     for real, alias in aliases.mapping.items():
         assert aliases.show(real) == alias and aliases.real(alias) == real
     assert aliases.show("neural") == "neural" and aliases.real("neural") == "neural"
@@ -44,13 +49,35 @@ def test_disabled_aliases_change_nothing() -> None:
     data = {"aliev_panfilov": ("Aliev-Panfilov",)}
     assert aliases.mask(data) is data
     assert aliases.mask_text("aliev_panfilov") == "aliev_panfilov"
-    assert aliases.unmask_sql("SELECT 'reaction_A'") == "SELECT 'reaction_A'"
 
 
-def test_the_agents_sql_finds_the_real_names() -> None:
-    aliases = ReactionAliases({"aliev_panfilov": "reaction_A", "fenton_karma": "reaction_B"})
-    sql = "SELECT * FROM candidates WHERE reaction IN ('reaction_A', 'reaction_B', 'reaction_AB')"
-    assert aliases.unmask_sql(sql) == (
-        "SELECT * FROM candidates WHERE reaction IN "
-        "('aliev_panfilov', 'fenton_karma', 'reaction_AB')"
-    )
+def test_a_spec_is_shown_under_its_alias_and_turned_back() -> None:
+    aliases = ReactionAliases({"aliev_panfilov": "reaction_C"})
+    spec = CandidateSpec(reaction="aliev_panfilov", diffusion="laplacian_nodewise")
+    shown = aliases.shown_spec(spec)
+    assert shown.reaction == "reaction_C" and spec.reaction == "aliev_panfilov"
+    assert shown.code_hash() == spec.code_hash()
+    back = aliases.real_fields(shown.model_dump())
+    assert CandidateSpec.model_validate(back) == spec
+    neural = CandidateSpec(reaction="neural", diffusion="gcn")
+    assert aliases.shown_spec(neural).reaction == "neural"
+
+
+def test_an_anonymised_summary_keeps_shape_and_sampling_only() -> None:
+    summary = {
+        "name": "ap",
+        "reaction": "aliev_panfilov",
+        "samples": 8,
+        "frames": 41,
+        "nodes": 300,
+        "noise_std": 0.01,
+        "seed": 3,
+    }
+    handle = dataset_handle("s-0123456789ab")
+    assert handle == "data-012345"
+    assert public_summary(summary, handle) == {
+        "name": handle,
+        "samples": 8,
+        "frames": 41,
+        "nodes": 300,
+    }

@@ -21,7 +21,7 @@ def archive(tmp_path: Path):
 
 
 def new_session(archive: Archive) -> str:
-    return archive.create_session("lv-small", "/data/lv.npz", 20, True, 7, {"epochs": 5})
+    return archive.create_session("lv-small", "/data/lv.npz", 20, False, 7, {"epochs": 5})
 
 
 def make_spec(seed: int = 0) -> CandidateSpec:

@@ -157,13 +157,13 @@ def test_a_version_1_archive_is_migrated_in_place(archive_path: Path):
         assert archive.recovered_candidates == ["c-6"]
         assert archive.get_candidate("c-6").error == INTERRUPTED_ERROR
         versions = archive.query("SELECT version FROM schema_version ORDER BY version").rows
-        assert versions == [[1], [SCHEMA_VERSION]] and SCHEMA_VERSION == 2
+        assert versions == [[1], [2], [SCHEMA_VERSION]] and SCHEMA_VERSION == 3
         # and it takes new work like any archive
         more = archive.begin_candidate("s-open", make_spec(seed=5))
         archive.finish_candidate(more, "ok", val_loss=0.1)
         assert archive.best_candidate("s-open").candidate_id == more
     with Archive.open(archive_path) as archive:  # migrated once
-        assert archive.query("SELECT count(*) FROM schema_version").rows == [[2]]
+        assert archive.query("SELECT count(*) FROM schema_version").rows == [[3]]
 
 
 def test_a_newer_archive_is_refused(archive_path: Path):

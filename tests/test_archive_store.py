@@ -34,7 +34,7 @@ def archive(archive_path: Path):
 
 
 def new_session(archive: Archive, dataset: str = "lv-small") -> str:
-    return archive.create_session(dataset, "/data/lv.npz", 20, True, 7, {"epochs": 5})
+    return archive.create_session(dataset, "/data/lv.npz", 20, False, 7, {"epochs": 5})
 
 
 def make_spec(
@@ -72,7 +72,7 @@ def test_round_trip(archive: Archive, archive_path: Path):
 
     stored = archive.get_session(session)
     assert isinstance(stored, SessionRow)
-    assert stored.dataset == "lv-small" and stored.budget == 20 and stored.anonymise
+    assert stored.dataset == "lv-small" and stored.budget == 20 and not stored.anonymise
     assert stored.config == {"epochs": 5} and stored.status == "running"
     assert [s.session_id for s in archive.list_sessions()] == [session, other]
     with pytest.raises(ArchiveError, match="unknown session"):

@@ -1,5 +1,5 @@
-"""Archive reads (server/reads.py): the agent's SQL guard and reaction names masked with the
-session's aliases."""
+"""Archive reads (server/reads.py): the agent's SQL guard, the query's session scope, and an
+anonymised session's rows written under its aliases."""
 
 from __future__ import annotations
 
@@ -35,7 +35,9 @@ async def test_query_archive_refuses_writes_and_files(client: Client, sql: str) 
     assert still["rows"] == [[0]]
 
 
-async def test_anonymised_names_in_archive_queries(client: Client, server: LeadsServer) -> None:
+async def test_anonymised_session_rows_hold_aliases_only(
+    client: Client, server: LeadsServer
+) -> None:
     session_id = await start(client, anonymise=True, seed=1)
     alias = server.service.store.get(session_id).aliases.show("aliev_panfilov")
     await call(client, "select_reaction", session_id=session_id, reaction=alias)
@@ -46,16 +48,62 @@ async def test_anonymised_names_in_archive_queries(client: Client, server: Leads
         client,
         "query_archive",
         sql=f"SELECT reaction, spec FROM candidates WHERE reaction = '{alias}'",
+        session_id=session_id,
     )
     assert result["rows"][0][0] == alias and alias in result["rows"][0][1]
     assert "aliev" not in json.dumps(result).lower()
     record = await call(client, "get_candidate", candidate_id=trained["candidate_id"])
     assert "aliev" not in json.dumps(record).lower()
-    # The archive itself keeps the real name and the alias map.
+    # Without session_id a query covers the non-anonymised sessions only, and says so.
+    hidden = await call(client, "query_archive", sql="SELECT count(*) FROM candidates")
+    assert hidden["rows"] == [[0]] and "1 anonymised session" in hidden["notice"]
+    # The archive file itself holds the alias; the real name and the map are in the truth file.
     row = server.service.archive.get_candidate(trained["candidate_id"])
-    assert row.reaction == "aliev_panfilov"
-    config = server.service.archive.get_session(session_id).config
-    assert config["aliases"]["aliev_panfilov"] == alias
+    assert row.reaction == alias
+    session_row = server.service.archive.get_session(session_id)
+    assert "aliases" not in session_row.config and session_row.dataset_path is None
+    truth = server.service.sessions.truth.read(session_id)
+    assert truth.aliases["aliev_panfilov"] == alias and truth.true_reaction == "aliev_panfilov"
+
+
+async def test_a_query_with_session_id_sees_that_session_only(client: Client) -> None:
+    first = await start(client, anonymise=False)
+    second = await start(client, anonymise=False)
+    for session_id in (first, second):
+        await call(client, "select_reaction", session_id=session_id, reaction="aliev_panfilov")
+        await call(client, "select_diffusion", session_id=session_id, template="laplacian_global")
+        await train(client, session_id, epochs=1)
+    both = await call(client, "query_archive", sql="SELECT session_id FROM candidates")
+    assert sorted(row[0] for row in both["rows"]) == sorted([first, second])
+    own = await call(
+        client, "query_archive", sql="SELECT session_id FROM candidates", session_id=first
+    )
+    assert own["rows"] == [[first]]
+    for sql in (
+        "SELECT session_id FROM sessions",
+        "SELECT DISTINCT session_id FROM steps",
+        "SELECT c.session_id FROM epochs e JOIN candidates c USING (candidate_id)",
+        "SELECT session_id FROM main.candidates",
+    ):
+        answer = await client.call_tool("query_archive", {"sql": sql, "session_id": first})
+        rows = [] if answer.is_error else answer.structured_content["rows"]
+        assert all(row[0] == first for row in rows), sql
+    unknown = await fails(client, "query_archive", sql="SELECT 1", session_id="s-000000000000")
+    assert "unknown session" in unknown
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM archive.main.candidates",
+        "SELECT * FROM archive.candidates",
+        "SELECT * FROM temp.main.candidates",
+        "SELECT * FROM pragma_storage_info('candidates')",
+    ],
+)
+async def test_query_archive_refuses_names_around_the_scope(client: Client, sql: str) -> None:
+    text = await fails(client, "query_archive", sql=sql)
+    assert "query_archive accepts" in text
 
 
 async def query_sizes(client: Client, **arguments: object) -> tuple[dict, int, int]:

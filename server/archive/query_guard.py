@@ -15,9 +15,13 @@ the text, never a regular expression over it:
    type is SELECT) shows up as a ``DELETE_QUERY_NODE`` and is refused.
 3. Every table function must be one of :data:`ALLOWED_TABLE_FUNCTIONS` (ranges, ``unnest``, JSON
    iteration and the catalog's metadata): ``read_csv``, ``read_parquet``, ``read_json``,
-   ``read_text``, ``read_blob``, ``glob``, ``query``, ``sqlite_scan``, ``duckdb_secrets``, ...
-   are refused, and so is a table name that looks like a file or URL (``FROM 'x.csv'``: DuckDB
-   would read the file in its place).
+   ``read_text``, ``read_blob``, ``glob``, ``query``, ``sqlite_scan``, ``duckdb_secrets``,
+   ``pragma_storage_info`` (it shows column statistics of whole tables), ... are refused, and so
+   is a table name that looks like a file or URL (``FROM 'x.csv'``: DuckDB would read the file in
+   its place).
+4. A table is named without a catalog or schema (only ``information_schema`` and ``pg_catalog``
+   may qualify one): the query's scope (:mod:`.query_scope`) shadows the archive's tables with
+   views of the sessions it covers, and a qualified name would reach around them.
 
 The checked query is run as DuckDB prints its parse tree back (``json_deserialize_sql``), so what
 runs is exactly what was checked (no comment, trailing semicolon or second reading of the text),
@@ -73,11 +77,13 @@ ALLOWED_TABLE_FUNCTIONS = frozenset(
         "duckdb_types",
         "duckdb_views",
         "pragma_table_info",
-        "pragma_storage_info",
         "pragma_database_size",
         "pragma_version",
     }
 )
+
+#: Schemas a table name may be qualified with (metadata only).
+METADATA_SCHEMAS = frozenset({"information_schema", "pg_catalog"})
 
 #: Characters that make DuckDB read a table name as a file path or URL (a replacement scan).
 _FILE_LIKE = re.compile(r"[./\\:]")
@@ -156,11 +162,27 @@ def check_tree(tree: dict[str, Any]) -> None:
                     f"table function {name}() is not allowed (no files, network or nested SQL; "
                     f"allowed: {', '.join(sorted(ALLOWED_TABLE_FUNCTIONS))})"
                 )
-        if kind == "BASE_TABLE" and _FILE_LIKE.search(str(node.get("table_name", ""))):
-            raise refusal(
-                f"{node.get('table_name')!r} names a file, not a table "
-                "(tables: sessions, candidates, epochs, steps, evaluations)"
-            )
+        if kind == "BASE_TABLE":
+            _check_table_name(node)
+
+
+def _check_table_name(node: dict[str, Any]) -> None:
+    """Refuse a file-like or qualified table name (see the module docstring)."""
+    name = str(node.get("table_name", ""))
+    if _FILE_LIKE.search(name):
+        raise refusal(
+            f"{name!r} names a file, not a table "
+            "(tables: sessions, candidates, epochs, steps, evaluations)"
+        )
+    catalog = str(node.get("catalog_name") or "")
+    schema = str(node.get("schema_name") or "")
+    path = (node.get("qualified_name") or {}).get("path") or []
+    if catalog or (schema and schema.lower() not in METADATA_SCHEMAS) or len(path) > 2:
+        shown = ".".join(str(part) for part in path) or name
+        raise refusal(
+            f"{shown!r} is a qualified table name; name the table alone (sessions, candidates, "
+            "epochs, steps, evaluations)"
+        )
 
 
 def _checked_select(cursor: duckdb.DuckDBPyConnection, sql: str) -> str:

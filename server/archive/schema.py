@@ -18,10 +18,13 @@ it (new session, new candidate, finished candidate, crash recovery):
   marked that candidate ``failed`` (:data:`INTERRUPTED_ERROR`). The next candidate of the
   session (a resumed search) makes it ``running`` or ``finished`` again.
 
-Versions: 1 wrote ``status = 'running'`` and never changed it; 2 (this one) keeps it as above.
-Opening a version-1 file migrates it in place (one transaction: statuses recomputed, version 2
-recorded); a file of a newer version, of an unknown older version or without a version is
-refused with an :class:`ArchiveError` that names the file, the version found and what to do.
+Versions: 1 wrote ``status = 'running'`` and never changed it; 2 keeps it as above; 3 (this
+one) writes an anonymised session's rows under its aliases and keeps its truth (real names, alias
+map, the data set's identity and ground truth) out of the file (:mod:`.truth`). Opening an older
+file migrates it in place, one transaction (1 -> 2: statuses recomputed; 2 -> 3: anonymised
+sessions sealed, :mod:`.sealing`), each version recorded; a file of a newer version, of an unknown
+older version or without a version is refused with an :class:`ArchiveError` that names the file,
+the version found and what to do.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from leads_engine.spec import OPERATIONS, SEARCH_OPERATIONS
 
 from .errors import ArchiveError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 FINAL_STATUSES = ("ok", "unstable", "failed", "cancelled")
 CANDIDATE_STATUSES = ("pending", *FINAL_STATUSES, "refused")
@@ -152,13 +155,24 @@ def stop_interrupted_sessions(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-def _migrate_1_to_2(con: duckdb.DuckDBPyConnection) -> None:
+def _migrate_1_to_2(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     """Version 1 left every session ``running``: compute the true statuses."""
     con.execute(f"UPDATE sessions SET status = {_SESSION_STATUS}")
 
 
-#: Migration from each older version to the next one; each runs inside the opening transaction.
-MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {1: _migrate_1_to_2}
+def _migrate_2_to_3(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Version 2 kept anonymised sessions' real names in the file: seal them."""
+    from .sealing import seal_anonymised_sessions
+
+    seal_anonymised_sessions(con, path)
+
+
+#: Migration from each older version to the next one; each runs inside the opening transaction
+#: (with the archive's path: sealing writes truth files next to it).
+MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection, Path], None]] = {
+    1: _migrate_1_to_2,
+    2: _migrate_2_to_3,
+}
 
 
 def found_version(con: duckdb.DuckDBPyConnection, path: Path) -> int | None:
@@ -212,5 +226,5 @@ def prepare_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
             "created (or pass leads-server --archive another path)"
         )
     for step in range(version, SCHEMA_VERSION):
-        MIGRATIONS[step](con)
+        MIGRATIONS[step](con, path)
         con.execute("INSERT INTO schema_version VALUES (?, ?)", [step + 1, utcnow()])

@@ -41,6 +41,7 @@ by FOREIGN KEY constraints (DuckDB's foreign keys are limited, and the rules her
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import decimal
 import json
@@ -62,6 +63,7 @@ from leads_engine.spec import OPERATIONS, CandidateSpec
 from .errors import ArchiveError
 from .query_guard import check_read_only
 from .query_run import QueryLimits, external_access_enabled, lock_down, run_query
+from .query_scope import ALL_OPEN_SESSIONS, QueryScope, hidden_sessions_notice
 from .recovery import damaged_archive
 from .rows import CandidateDetail, CandidateRow, EpochRow, EvaluationRow, QueryRows, SessionRow
 from .schema import (
@@ -82,6 +84,11 @@ def default_archive_path() -> Path:
 
 def _new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def new_session_id() -> str:
+    """A fresh session id ``s-<12 hex>`` (to write a session's truth before its row)."""
+    return _new_id("s")
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -282,10 +289,11 @@ class Archive:
         anonymise: bool,
         seed: int | None,
         config: Mapping[str, Any] | None,
+        session_id: str | None = None,
     ) -> str:
-        """Record a new search session and return its id ``s-<12 hex>``; its status is
-        ``running`` (``finished`` at once for a budget of 0)."""
-        session_id = _new_id("s")
+        """Record a new search session and return its id (``session_id``, else a new
+        ``s-<12 hex>``); its status is ``running`` (``finished`` at once for a budget of 0)."""
+        session_id = session_id or new_session_id()
         with self._transaction() as con:
             con.execute(
                 "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running')",
@@ -587,16 +595,35 @@ class Archive:
         max_rows: int = QueryLimits.max_rows,
         timeout_s: float = QueryLimits.timeout_s,
         max_bytes: int = QueryLimits.max_bytes,
+        scope: QueryScope = ALL_OPEN_SESSIONS,
     ) -> QueryRows:
-        """Run one read-only SELECT for the agent or the user, at most ``max_rows`` rows,
-        ``max_bytes`` bytes of JSON and ``timeout_s`` seconds. Two defences keep it read-only,
-        each enough alone: the statement check (:mod:`leads_server.archive.query_guard`) and the
-        execution layer (:mod:`leads_server.archive.query_run`, which also applies the limits)."""
+        """Run one read-only SELECT for the agent or the user over the rows of the sessions
+        ``scope`` covers (:mod:`leads_server.archive.query_scope`: one session, or every
+        non-anonymised one), at most ``max_rows`` rows, ``max_bytes`` bytes of JSON and
+        ``timeout_s`` seconds. Two defences keep it read-only, each enough alone: the statement
+        check (:mod:`leads_server.archive.query_guard`) and the execution layer
+        (:mod:`leads_server.archive.query_run`, which also applies the limits)."""
         limits = QueryLimits(int(max_rows), int(max_bytes), float(timeout_s)).checked()
+        if scope.session_id is not None:
+            self.get_session(scope.session_id)  # an unknown session is an error, not no rows
         with self._lock:
             cursor = self._connection().cursor()
+            hidden = 0
+            if scope.session_id is None:
+                found = (
+                    self._connection()
+                    .execute("SELECT count(*) FROM sessions WHERE anonymise")
+                    .fetchone()
+                )
+                hidden = int(found[0]) if found else 0
         try:
             checked = check_read_only(cursor, sql)
-            return run_query(cursor, checked.statement(limits.max_rows), limits)
+            scope.apply(cursor)
+            result = run_query(cursor, checked.statement(limits.max_rows), limits)
         finally:
             cursor.close()
+        notice = hidden_sessions_notice(hidden)
+        if notice is None:
+            return result
+        joined = "; ".join(part for part in (result.notice, notice) if part)
+        return dataclasses.replace(result, notice=joined)
