@@ -1,10 +1,12 @@
 """A search row (LEADS with the offline policy or an LLM, HDTwinGen-style free-form code): the
-search runs through the bundled MCP server, one archive per run, and its result is read back
-through the same server's tools only.
+search runs through the bundled MCP server, one archive per run, in an anonymised session, and
+its result is read back through the same server's tools; only the real reaction names come from
+the archive's truth files (:mod:`leads_server.archive.truth`), which the bench, as the user's
+trusted code, may read and the searching agent never can.
 
-After the search, a fresh server on the run's archive answers: ``query_archive`` gives the
-final candidate's spec (a server with no live session shows the names the archive keeps, so
-the structure is judged under its real reaction name), the ``candidate://{id}/weights.pt``
+After the search, a fresh server on the run's archive answers: ``query_archive`` (scoped to the
+session) gives the final candidate's spec under its alias, which the truth file turns into the
+real reaction name so the structure is judged under it, the ``candidate://{id}/weights.pt``
 resource its weights, and ``evaluate_candidate`` its test scores (the search's own call of
 it, or a new one when the search's was refused). The test figures are exactly those of a
 local evaluation of the same weights on the same split: the server's evaluation job runs the
@@ -30,6 +32,7 @@ from leads_agent.agent import RunConfig, RunResult, run_search
 from leads_agent.cli import make_policy
 from leads_agent.connection import ServerConnection, connect
 from leads_agent.ui import QuietView
+from leads_server.archive.truth import TruthStore
 
 from leads_engine.dataset import EPDataset, load_dataset
 from leads_engine.metrics import ActivationError, activation_times
@@ -115,26 +118,36 @@ async def _tool(conn: ServerConnection, name: str, arguments: dict[str, Any]) ->
     return result.as_dict()
 
 
-async def _rows(conn: ServerConnection, sql: str) -> list[dict[str, Any]]:
-    """The rows of one ``query_archive`` SELECT, as column -> value dicts."""
-    answer = await _tool(conn, "query_archive", {"sql": sql})
+async def _rows(
+    conn: ServerConnection, sql: str, session_id: str | None = None
+) -> list[dict[str, Any]]:
+    """The rows of one ``query_archive`` SELECT (over ``session_id``'s rows, or the
+    non-anonymised sessions'), as column -> value dicts."""
+    arguments = {"sql": sql} if session_id is None else {"sql": sql, "session_id": session_id}
+    answer = await _tool(conn, "query_archive", arguments)
     return [dict(zip(answer["columns"], row, strict=True)) for row in answer["rows"]]
 
 
-async def session_to_resume(conn: ServerConnection) -> str | None:
-    """The search session in the run's own archive (one per run), if an earlier attempt left
-    one. It is resumed even when its budget is spent (status ``finished``): a run interrupted
-    between its last step and the fine-tuning still has those to do, and a run whose result
-    file was written is skipped before its archive is opened."""
-    rows = await _rows(conn, "SELECT session_id FROM sessions ORDER BY created_at DESC LIMIT 1")
-    return str(rows[0]["session_id"]) if rows else None
+async def session_to_resume(conn: ServerConnection, archive_path: Path) -> str | None:
+    """The latest search session in the run's own archive (one per run), if an earlier attempt
+    left one: anonymised sessions are listed by their truth files, the others by a query. It is
+    resumed even when its budget is spent (status ``finished``): a run interrupted between its
+    last step and the fine-tuning still has those to do, and a run whose result file was
+    written is skipped before its archive is opened."""
+    latest = "SELECT session_id, created_at FROM sessions ORDER BY created_at DESC LIMIT 1"
+    found = await _rows(conn, latest)
+    for session_id in TruthStore(archive_path).sessions():
+        found += await _rows(conn, latest, session_id)
+    if not found:
+        return None
+    return str(max(found, key=lambda row: str(row["created_at"]))["session_id"])
 
 
 async def _search(
     run: Run, dataset_path: Path, archive_path: Path, config: BenchConfig, say: Callable
 ) -> RunResult:
     async with connect(archive=str(archive_path), compile_training=not config.quick) as conn:
-        resume = await session_to_resume(conn)
+        resume = await session_to_resume(conn, archive_path)
         run_config, prompt = search_setup(run, dataset_path, config, resume=resume)
         llm = "offline" if run.method == "leads-offline" else config.llm
         extra = {"system_prompt": prompt} if prompt else {}
@@ -174,14 +187,15 @@ async def read_final_model(
     """Spec, weights and test scores of ``candidate_id``, through a fresh server on the
     search's archive (the search's server has exited)."""
     async with connect(archive=str(archive_path), compile_training=not config.quick) as conn:
-        # first, while this server has no live session: names as the archive keeps them
         rows = await _rows(
-            conn, f"SELECT spec FROM candidates WHERE candidate_id = {_literal(candidate_id)}"
+            conn,
+            f"SELECT spec FROM candidates WHERE candidate_id = {_literal(candidate_id)}",
+            result.session_id,
         )
         if not rows:
             raise RuntimeError(f"the archive {archive_path} has no candidate {candidate_id}")
         spec = rows[0]["spec"]
-        spec = CandidateSpec.model_validate(json.loads(spec) if isinstance(spec, str) else spec)
+        spec = real_spec(archive_path, result, json.loads(spec) if isinstance(spec, str) else spec)
         weights = await conn.read_resource(f"candidate://{candidate_id}/weights.pt")
         if not isinstance(weights, bytes):
             raise RuntimeError(f"candidate {candidate_id}'s weights came back as text")
@@ -194,6 +208,17 @@ async def read_final_model(
             )
     state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
     return FinalModel(spec, state, evaluation)
+
+
+def real_spec(archive_path: Path, result: RunResult, shown: dict[str, Any]) -> CandidateSpec:
+    """A spec as the session shows it, with the real reaction name behind its alias (from the
+    session's truth file when the session is anonymised)."""
+    fields = dict(shown)
+    if result.anonymised:
+        truth = TruthStore(archive_path).read(result.session_id)
+        real_of = {alias: real for real, alias in truth.aliases.items()}
+        fields["reaction"] = real_of.get(fields.get("reaction"), fields.get("reaction"))
+    return CandidateSpec.model_validate(fields)
 
 
 def first_beat_activation_maps(

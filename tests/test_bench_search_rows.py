@@ -149,7 +149,7 @@ def test_a_search_row_reads_the_figures_a_local_evaluation_gives(tmp_path, leads
 
 def test_an_interrupted_search_s_session_is_found_through_query_archive(tmp_path, leads_home):
     """A rerun resumes the session its run's archive holds (none in a new archive), which the
-    bench finds through the server's query_archive tool."""
+    bench finds through its truth file and the server's query_archive tool."""
     import asyncio
 
     from leads_agent.connection import connect
@@ -164,9 +164,14 @@ def test_an_interrupted_search_s_session_is_found_through_query_archive(tmp_path
         server = build_server(tmp_path / "run.duckdb", compile_training=False)
         try:
             async with connect(server=server) as conn:
-                before = await session_to_resume(conn)
+                archive = tmp_path / "run.duckdb"
+                before = await session_to_resume(conn, archive)
                 started = await conn.call("start_session", {"dataset": str(dataset_path)})
-                return before, started.as_dict()["session_id"], await session_to_resume(conn)
+                return (
+                    before,
+                    started.as_dict()["session_id"],
+                    await session_to_resume(conn, archive),
+                )
         finally:
             server.close()
 
