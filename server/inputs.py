@@ -201,7 +201,11 @@ class QueryArchive(ToolInput):
     sql: SqlQuery
     max_rows: MaxRows = 200
     session_id: Annotated[
-        str | None, Field(description="mask reaction names as this session shows them")
+        str | None,
+        Field(
+            description="query this session's rows only (the way to read an anonymised "
+            "session); without it, the rows of every non-anonymised session"
+        ),
     ] = None
 
 

@@ -483,7 +483,7 @@ async def test_client_cancel_mid_training_cancels_the_candidate(home: Path) -> N
             rows = await ok(
                 connection,
                 "query_archive",
-                sql="SELECT status, error FROM candidates ORDER BY rowid",
+                sql="SELECT status, error FROM candidates ORDER BY created_at",
             )
             if rows["rows"][-1][0] != "pending":
                 break
