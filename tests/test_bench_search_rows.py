@@ -112,6 +112,7 @@ def test_a_search_row_reads_the_figures_a_local_evaluation_gives(tmp_path, leads
     from leads_bench.records import training_config
     from leads_bench.search_rows import run_search_row
     from leads_server.archive import Archive
+    from leads_server.archive.truth import TruthStore
 
     from leads_engine.dataset import load_dataset
     from leads_engine.spec import CandidateSpec
@@ -126,10 +127,14 @@ def test_a_search_row_reads_the_figures_a_local_evaluation_gives(tmp_path, leads
     final_id = record["details"]["test"]["candidate_id"]
     archive = Archive.open(Path(record["archive"]))
     try:
-        spec = CandidateSpec(**archive.get_candidate(final_id).spec)
+        shown = archive.get_candidate(final_id).spec  # under the session's alias
         weights = archive.get_weights(final_id)
     finally:
         archive.close()
+    truth = TruthStore(record["archive"]).read(record["session_id"])
+    assert shown["reaction"] in truth.aliases.values()
+    real_of = {alias: real for real, alias in truth.aliases.items()}
+    spec = CandidateSpec(**{**shown, "reaction": real_of[shown["reaction"]]})
     state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
     dataset = load_dataset(dataset_path)
     local = evaluate(spec, dataset, state, "test", training_config(bench))
