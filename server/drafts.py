@@ -10,12 +10,19 @@ builds it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from leads_engine.reactions import NeuralReaction
-from leads_engine.spec import CandidateSpec, UnknownReactionError, resolve_reaction
+from leads_engine.spec import (
+    SEARCH_OPERATIONS,
+    CandidateSpec,
+    UnknownReactionError,
+    resolve_reaction,
+)
 
 from .catalog_view import reaction_names
 from .errors import DiscoveryError, checked_diffusion, checked_spec
@@ -321,11 +328,44 @@ class Drafts:
                 "trained); finetune_candidate and evaluate_candidate remain available"
             )
         spec = self.complete(session)
+        self._refuse_duplicate(session, spec)
         if spec.diffusion_source is not None:
             require_sandbox()
         session.draft = Draft()
         session.steps_used += 1
         return spec
+
+    def _refuse_duplicate(self, session: DiscoverySession, spec: CandidateSpec) -> None:
+        """Refuse (no budget spent, the draft kept) a structure this session already trained to
+        an end (``ok`` or ``unstable``): the same reaction, diffusion, hyper-parameters and code.
+        A candidate that failed or was cancelled may be trained again."""
+        structure = _structure(session.aliases.shown_spec(spec).model_dump())
+        for earlier in self.reads.archive.list_candidates(session.session_id):
+            if (
+                earlier.operation in SEARCH_OPERATIONS
+                and earlier.status in ("ok", "unstable")
+                and _structure(earlier.spec or {}) == structure
+            ):
+                loss = "n/a" if earlier.val_loss is None else f"{earlier.val_loss:.4g}"
+                raise DiscoveryError(
+                    f"duplicate of candidate {earlier.candidate_id} (status {earlier.status}, "
+                    f"val loss {loss}): this session already trained this structure; change "
+                    "the reaction, the diffusion or its hyper-parameters, or continue it with "
+                    f"finetune_candidate(candidate_id='{earlier.candidate_id}'). No budget used; "
+                    "the draft is kept."
+                )
+
+
+def _structure(spec: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes two archived specs (as the session shows them) the same model structure."""
+    source = spec.get("diffusion_source")
+    return (
+        spec.get("reaction"),
+        json.dumps(spec.get("reaction_hyperparameters") or {}, sort_keys=True),
+        spec.get("diffusion"),
+        json.dumps(spec.get("diffusion_hyperparameters") or {}, sort_keys=True, default=str),
+        None if source is None else hashlib.sha256(source.encode()).hexdigest(),
+    )
 
 
 def _resolved_reaction(

@@ -252,3 +252,37 @@ async def test_every_draft_operation_is_archived_as_a_step_of_its_tool(client: C
     tools = [row[0] for row in rows["rows"]]
     assert tools == ["select_reaction", "select_diffusion", "select", "refine_diffusion"]
     assert rows["rows"][3][1].startswith(f"draft refines {trained['candidate_id']}")
+
+
+async def test_a_structure_trained_before_is_refused_without_spending_budget(
+    client: Client,
+) -> None:
+    session_id = await start(client, anonymise=True, budget=3)
+    catalog = await call(client, "list_catalogs", session_id=session_id)
+    alias = catalog["reactions"][0]["name"]
+    await call(client, "select_reaction", session_id=session_id, reaction=alias)
+    await call(client, "select_diffusion", session_id=session_id, template="laplacian_global")
+    first, _ = await train(client, session_id, epochs=1)
+    await call(client, "select_reaction", session_id=session_id, reaction=alias)
+    await call(client, "select_diffusion", session_id=session_id, template="laplacian_global")
+    text = await fails(client, "train_candidate", session_id=session_id)
+    assert f"duplicate of candidate {first['candidate_id']}" in text and "No budget used" in text
+    # the draft is kept: one changed hyper-parameter makes it a new structure
+    await call(
+        client,
+        "select_diffusion",
+        session_id=session_id,
+        template="laplacian_global",
+        hyperparameters={"conductivity": 2.0},
+    )
+    second, _ = await train(client, session_id, epochs=1)
+    assert second["budget_left"] == 1 and second["candidate_id"] != first["candidate_id"]
+    # a fine-tune of the same structure is no duplicate
+    tuned = await call(
+        client,
+        "finetune_candidate",
+        session_id=session_id,
+        candidate_id=first["candidate_id"],
+        epochs=1,
+    )
+    assert tuned["operation"] == "finetune"
