@@ -72,6 +72,20 @@ def leaks(text: str, dataset_path: Path) -> list[str]:
     return found
 
 
+def _readable(result: Any) -> str:
+    """A tool result's readable parts (text contents, structured content, resource links);
+    images and blobs are left out: base64 may spell anything."""
+    data = result.model_dump(mode="json", by_alias=True)
+    data["content"] = [
+        item for item in data.get("content", []) if item.get("type") not in ("image", "audio")
+    ]
+    for item in data["content"]:
+        resource = item.get("resource")
+        if isinstance(resource, dict):
+            resource.pop("blob", None)
+    return json.dumps(data)
+
+
 class Probe:
     """Calls tools and reads resources, keeping every answer exactly as it arrived."""
 
@@ -81,7 +95,7 @@ class Probe:
 
     async def tool(self, name: str, **arguments: Any) -> dict[str, Any]:
         result = await self.conn.client.call_tool(name, arguments)
-        self.seen.append((f"{name}({arguments})", result.model_dump_json()))
+        self.seen.append((f"{name}({arguments})", _readable(result)))
         assert not result.is_error, f"{name}: {result.content[0].text}"
         return result.structured_content or {}
 
@@ -90,11 +104,21 @@ class Probe:
         assert result.is_error, f"{name}({arguments}) was not refused"
         return result.content[0].text
 
-    async def resources(self) -> None:
+    async def resources(self, session_id: str, candidate_id: str) -> None:
+        """List the resources and templates, and read every listed resource and every template
+        filled in with this session's and candidate's ids (text contents are kept)."""
         listing = await self.conn.client.list_resources()
         templates = await self.conn.client.list_resource_templates()
         self.seen.append(("resources/list", listing.model_dump_json()))
         self.seen.append(("resources/templates/list", templates.model_dump_json()))
+        uris = [str(resource.uri) for resource in listing.resources]
+        for template in templates.resource_templates:
+            uri = template.uri_template.replace("{session_id}", session_id)
+            uri = uri.replace("{candidate_id}", candidate_id)
+            if "{" not in uri:
+                uris.append(uri)
+        for uri in uris:
+            await self.resource(uri)
 
     async def resource(self, uri: str) -> None:
         result = await self.conn.client.read_resource(uri)
@@ -144,8 +168,7 @@ async def _discover(probe: Probe, archive: Path) -> tuple[str, str, str]:
     await probe.tool(
         "finetune_candidate", session_id=session_id, candidate_id=candidate_id, epochs=1
     )
-    await probe.resources()
-    await probe.resource(f"session://{session_id}/summary")
+    await probe.resources(session_id, candidate_id)
     return session_id, candidate_id, alias
 
 
