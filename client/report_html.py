@@ -41,6 +41,7 @@ async def write_report_html(conn: ServerConnection, result: RunResult, folder: P
     except Exception as exc:  # a missing viewer is reported, never fatal
         result.notes.append(f"report.html not written: {uri} could not be read ({exc})")
         return None
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / REPORT_HTML
     path.write_bytes(page if isinstance(page, bytes) else page.encode("utf-8"))
     return path
