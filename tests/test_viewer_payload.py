@@ -160,7 +160,12 @@ def test_comparison_scenes_share_one_colour_range_and_rank_errors() -> None:
     )
     assert [p["title"] for p in maps["panels"]] == ["truth", "A", "B"]
     assert len({tuple(p["range"]) for p in maps["panels"]}) == 1
-    assert maps["color_range"][1] == pytest.approx(np.nanmax(at_true * 2))
+    assert maps["color_range"] == [
+        pytest.approx(np.nanmin(at_true)),
+        pytest.approx(np.nanmax(at_true)),
+    ]
+    doubled = decode_at(maps["panels"][2]["values"])  # beyond the colour range, kept in value
+    np.testing.assert_allclose(doubled, at_true * 2, atol=np.nanmax(at_true * 2) / AT_STEPS)
     a, b = (decode_at(p["values"]) for p in errors["panels"])
     assert np.nanmax(np.abs(a - 1.0)) < 1e-2
     assert np.nanmean(b) > np.nanmean(a)

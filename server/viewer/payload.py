@@ -154,8 +154,11 @@ def _mesh(points: Any, cells: Any) -> dict[str, Any]:
 
 
 def _at_panel(title: str, role: str, at: Any, lo: float, hi: float) -> dict[str, Any]:
+    """A panel coloured over ``[lo, hi]`` ms; its values keep their own range (a map that
+    overshoots the colour range saturates in colour, not in value)."""
+    own_lo, own_hi = at_range(at)
     return {"title": title, "role": role, "cmap": "at", "range": [lo, hi],
-            "values": encode_at(at, lo, hi)}  # fmt: skip
+            "values": encode_at(at, own_lo, own_hi)}  # fmt: skip
 
 
 def candidate_scene(
@@ -218,9 +221,10 @@ def comparison_scenes(
     pacing_site: int | None = None,
 ) -> list[dict[str, Any]]:
     """Activation maps of several methods against the truth, for one data set: a scene of the
-    maps (truth first, one colour range) and a scene of each method's absolute error."""
+    maps (truth first, coloured over the truth's range so that one method's outliers cannot
+    wash the others out) and a scene of each method's absolute error."""
     at_true = np.asarray(at_true, dtype=float)
-    lo, hi = at_range(at_true, *predictions.values())
+    lo, hi = at_range(at_true)
     mesh = _mesh(points, cells)
     site = None if pacing_site is None else int(pacing_site)
     maps = [_at_panel("truth", "true", at_true, lo, hi)]
