@@ -194,3 +194,12 @@ def test_the_page_inlines_the_payload_safely() -> None:
     inlined = page[start : page.index("</script>", start)]
     assert json.loads(inlined) == payload
     assert "<" not in inlined and "http://" not in page and "https://" not in page
+
+
+def test_maps_of_the_wrong_shape_are_refused_by_name() -> None:
+    mesh, t, u_true, _ = _beat()
+    at = activation_times(u_true, t)
+    with pytest.raises(ValueError, match=r"at_true must have shape \(200,\)"):
+        candidate_scene("bad", mesh.points, mesh.cells, t, at[None, :])
+    with pytest.raises(ValueError, match="u_pred must have shape"):
+        candidate_scene("bad", mesh.points, mesh.cells, t, at, at, u_true, u_true[:-1])

@@ -153,6 +153,11 @@ def _mesh(points: Any, cells: Any) -> dict[str, Any]:
     }
 
 
+def _check_shape(name: str, values: Any, shape: tuple[int, ...]) -> None:
+    if values is not None and np.shape(values) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {np.shape(values)}")
+
+
 def _at_panel(title: str, role: str, at: Any, lo: float, hi: float) -> dict[str, Any]:
     """A panel coloured over ``[lo, hi]`` ms; its values keep their own range (a map that
     overshoots the colour range saturates in colour, not in value)."""
@@ -179,6 +184,11 @@ def candidate_scene(
     Without a prediction (a candidate with no weights) the scene holds the data alone."""
     t = np.asarray(t, dtype=float)
     at_true = np.asarray(at_true, dtype=float)
+    nodes = len(np.asarray(points))
+    _check_shape("at_true", at_true, (nodes,))
+    _check_shape("at_pred", at_pred, (nodes,))
+    _check_shape("u_true", u_true, (len(t), nodes))
+    _check_shape("u_pred", u_pred, (len(t), nodes))
     lo, hi = at_range(at_true, at_pred)
     stride = frame_stride(len(t), len(at_true), max_potential_values)
     panels = [_at_panel("true activation time", "true", at_true, lo, hi)]
