@@ -15,12 +15,12 @@ import torch
 from leads_agent.connection import ServerConnection
 from leads_agent.report_html import viewer_uri, write_report_html
 from leads_server.app import LeadsServer
-from leads_server.viewer.mcp_app import APP_URI, UI_TOOLS
+from leads_server.viewer.mcp_app import APP_URI, LEGACY_URI_KEY, UI_TOOLS
 from leads_server.viewer.payload import AT_STEPS, decode_at, decode_potential
 from leads_server.viewer.prediction import CACHE_NAME
 from leads_server.viewer.render import PAYLOAD_MARKER
 from mcp import Client
-from mcp.server.apps import APP_MIME_TYPE
+from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
 from server_calls import REAL_NAMES, call, start, train
 
 from leads_engine.dataset import load_dataset
@@ -52,8 +52,10 @@ async def _payload(client: Client, uri: str) -> dict:
 async def test_tools_that_return_a_candidate_or_session_point_to_the_app(client: Client) -> None:
     tools = {t.name: t for t in (await client.list_tools()).tools}
     for name, tool in tools.items():
-        ui = (tool.meta or {}).get("ui")
-        assert (ui == {"resourceUri": APP_URI}) == (name in UI_TOOLS), name
+        meta = tool.meta or {}
+        assert (meta.get("ui") == {"resourceUri": APP_URI}) == (name in UI_TOOLS), name
+        assert (meta.get(LEGACY_URI_KEY) == APP_URI) == (name in UI_TOOLS), name
+    assert EXTENSION_ID in (client.server_capabilities.extensions or {})
     app = (await client.read_resource(APP_URI)).contents[0]
     assert app.mime_type == APP_MIME_TYPE
     assert PAYLOAD_MARKER in app.text and "ui/initialize" in app.text

@@ -23,13 +23,16 @@ and ``viewer.register(server)`` for the ``viewer://`` resources.
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import anyio.to_thread
 import numpy as np
 from mcp.server.apps import Apps
 from mcp.server.mcpserver.exceptions import ResourceError
 
 from leads_engine.metrics import activation_times
+from leads_engine.training import reference_activation_times
 
 from ..errors import DiscoveryError
 from ..runs import figure_dir
@@ -44,7 +47,7 @@ if TYPE_CHECKING:
     from ..service import DiscoveryService
     from ..state import DiscoverySession
 
-__all__ = ["APP_URI", "UI_TOOLS", "ViewerApp"]
+__all__ = ["APP_URI", "LEGACY_URI_KEY", "UI_TOOLS", "ViewerApp"]
 
 APP_URI = "ui://leads/viewer.html"
 #: the tools whose result the MCP App shows (they return a candidate or a session)
@@ -55,6 +58,8 @@ UI_TOOLS = (
     "finetune_candidate",
     "evaluate_candidate",
 )
+#: the flat ``_meta`` key of the first MCP Apps drafts, still read by some hosts
+LEGACY_URI_KEY = "ui/resourceUri"
 JSON_MIME = "application/json"
 HTML_MIME = "text/html"
 
@@ -77,10 +82,11 @@ class ViewerApp:
 
     @staticmethod
     def tool_meta(tool_name: str) -> dict[str, Any] | None:
-        """The ``_meta`` of a tool: the App's resource for :data:`UI_TOOLS`, else None."""
+        """The ``_meta`` of a tool: the App's resource for :data:`UI_TOOLS` (``ui.resourceUri``,
+        and the flat ``ui/resourceUri`` key that early Apps hosts read), else None."""
         if tool_name not in UI_TOOLS:
             return None
-        return {"ui": {"resourceUri": APP_URI}}
+        return {"ui": {"resourceUri": APP_URI}, LEGACY_URI_KEY: APP_URI}
 
     def register(self, server: MCPServer) -> None:
         """Add the ``viewer://`` resources to ``server``."""
@@ -202,11 +208,8 @@ class ViewerApp:
         test = data.indices("test")
         sample = int(test[0]) if len(test) else 0
         u_true = None if data.u is None else np.asarray(data.u[sample], dtype=np.float32)
-        at_true = (
-            activation_times(u_true, data.t)
-            if u_true is not None
-            else np.full(data.n_nodes, np.nan)
-        )
+        # measured activation times when the data set has them, else those of its potential
+        at_true = reference_activation_times(data, np.array([sample]))[0][0]
         u_pred = at_pred = None
         candidate_id = None if candidate is None else candidate.candidate_id
         weights = None if candidate_id is None else self.service.reads.stored_weights(candidate_id)
@@ -224,7 +227,8 @@ class ViewerApp:
         name = f"{session.dataset_name}, test beat {sample}"
         if candidate is not None and weights is None:
             name += f" (candidate {candidate.status}: no prediction)"
-        return candidate_scene(
+        build = partial(
+            candidate_scene,
             name,
             data.points,
             data.cells,
@@ -235,6 +239,7 @@ class ViewerApp:
             u_pred,
             pacing_site=int(data.pacing_site[sample]),
         )
+        return await anyio.to_thread.run_sync(build)  # quantising a large beat takes a while
 
 
 async def _resource_error(call: Any) -> Any:
