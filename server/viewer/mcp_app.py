@@ -147,10 +147,11 @@ class ViewerApp:
             "status": candidate.status,
             "validation loss": candidate.val_loss,
             "parameters": candidate.parameter_count,
-            "evaluations": [
-                {"split": e.split, "mse": e.mse, "at_mae_ms": e.at_mae}
+            "evaluations": "; ".join(
+                f"{e.split}: MSE {_number(e.mse)}, AT MAE {_number(e.at_mae)} ms"
                 for e in candidate.evaluations
-            ],
+            )
+            or "none yet (evaluate_candidate)",
         }
         return viewer_payload(
             "candidate",
@@ -240,6 +241,10 @@ class ViewerApp:
             pacing_site=int(data.pacing_site[sample]),
         )
         return await anyio.to_thread.run_sync(build)  # quantising a large beat takes a while
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
 
 
 async def _resource_error(call: Any) -> Any:
