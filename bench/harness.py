@@ -32,6 +32,7 @@ from .config import BASELINE_METHODS, LLM_METHODS, METHODS, QUICK_DATA, BenchCon
 from .records import load_record, write_json, write_run
 from .search_rows import run_search_row
 from .table import check_orderings, machine_info, markdown_table, plot_activation_maps, summarise
+from .viewer import write_activation_viewer
 
 __all__ = ["BenchResult", "execute_run", "planned_runs", "prepare_datasets", "run_bench"]
 
@@ -129,6 +130,7 @@ def run_bench(
     machine = machine_info()
     markdown = markdown_table(table, list(config.datasets), checks, machine, command, skipped)
     figure = plot_activation_maps(out, runs, dataset_paths, list(table))
+    viewer = write_activation_viewer(out, runs, dataset_paths, list(table))
     payload = {
         "config": {**asdict(config), "out": str(out)},
         "machine": machine,
@@ -148,7 +150,12 @@ def run_bench(
         records,
         failures,
         skipped,
-        {"markdown": out / "results.md", "json": out / "results.json", "figure": figure},
+        {
+            "markdown": out / "results.md",
+            "json": out / "results.json",
+            "figure": figure,
+            "viewer": viewer,
+        },
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from .agent import RunResult
 from .connection import ServerConnection
+from .report_html import write_report_html
 
 __all__ = ["plot_validation_per_step", "write_report"]
 
@@ -110,6 +111,7 @@ async def write_report(conn: ServerConnection, result: RunResult, folder: Path) 
             weights_path = await _fetch(
                 conn, f"candidate://{spec['candidate_id']}/weights.pt", folder / "best_model.pt"
             )
+    await write_report_html(conn, result, folder)
     (folder / "summary.json").write_text(json.dumps(result.summary(), indent=2, default=str))
     path = folder / "report.md"
     path.write_text(_markdown(result, figures, spec_path, weights_path))

@@ -26,6 +26,7 @@ from pydantic.fields import FieldInfo
 from .inputs import TOOL_INPUTS, ToolInput
 from .jobs import JobLimits
 from .service import FIGURES, DiscoveryError, DiscoveryService
+from .viewer.mcp_app import ViewerApp
 
 T = TypeVar("T")
 
@@ -166,7 +167,15 @@ def build_server(
     from leads_engine import __version__
 
     service = DiscoveryService.open(archive_path, start_method, compile_training, job_limits)
-    server = LeadsServer(service, name=name, version=str(__version__), instructions=INSTRUCTIONS)
+    viewer = ViewerApp(service)
+    server = LeadsServer(
+        service,
+        name=name,
+        version=str(__version__),
+        instructions=INSTRUCTIONS,
+        extensions=[viewer.extension],
+    )
+    viewer.register(server)
 
     for tool_name, model in TOOL_INPUTS.items():
         server.add_tool(
@@ -174,6 +183,7 @@ def build_server(
             name=tool_name,
             description=inspect.cleandoc(model.__doc__ or ""),
             annotations=TOOL_ANNOTATIONS[tool_name],
+            meta=viewer.tool_meta(tool_name),
         )
 
     @server.resource(

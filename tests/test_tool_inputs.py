@@ -78,6 +78,10 @@ async def test_tools_publish_schemas_and_honest_annotations(client: Client) -> N
         "candidate://{candidate_id}/training_curves.png",
         "session://{session_id}/summary",
         "candidate://{candidate_id}/weights.pt",
+        "viewer://candidate/{candidate_id}",
+        "viewer://candidate/{candidate_id}/payload",
+        "viewer://session/{session_id}",
+        "viewer://session/{session_id}/payload",
     }
 
 
