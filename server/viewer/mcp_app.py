@@ -136,13 +136,12 @@ class ViewerApp:
         """The payload of a candidate and its session (see the module docstring)."""
         candidate = self.service.reads.candidate(candidate_id)
         session = await self.service.sessions.get(candidate.session_id)
-        aliases = session.aliases
         scene = await self._scene(session, candidate)
         info = {
             "candidate": candidate_id,
             "session": session.session_id,
-            "data set": session.dataset_name,
-            "reaction": aliases.show(candidate.reaction or "-"),
+            "data set": session.dataset_shown,
+            "reaction": candidate.reaction or "-",
             "diffusion": candidate.diffusion,
             "status": candidate.status,
             "validation loss": candidate.val_loss,
@@ -155,10 +154,10 @@ class ViewerApp:
         }
         return viewer_payload(
             "candidate",
-            f"{aliases.show(candidate.reaction or '-')} + {candidate.diffusion} ({candidate_id})",
+            f"{candidate.reaction or '-'} + {candidate.diffusion} ({candidate_id})",
             [scene],
             session=self._leaderboard(session),
-            info=aliases.mask(info),
+            info=info,
         )
 
     async def session_payload(self, session_id: str) -> dict[str, Any]:
@@ -169,7 +168,7 @@ class ViewerApp:
         scene = await self._scene(session, best)
         info = {
             "session": session_id,
-            "data set": session.dataset_name,
+            "data set": session.dataset_shown,
             "budget used": f"{session.steps_used} of {session.budget}",
             "best candidate": None if best is None else best.candidate_id,
         }
@@ -178,7 +177,7 @@ class ViewerApp:
             f"session {session_id}",
             [scene],
             session=self._leaderboard(session),
-            info=session.aliases.mask(info),
+            info=info,
         )
 
     def _leaderboard(self, session: DiscoverySession) -> dict[str, Any]:
@@ -189,7 +188,7 @@ class ViewerApp:
                 {
                     "candidate_id": c.candidate_id,
                     "operation": c.operation,
-                    "reaction": session.aliases.show(c.reaction) if c.reaction else None,
+                    "reaction": c.reaction,
                     "diffusion": c.diffusion,
                     "hyperparameters": spec.get("diffusion_hyperparameters") or {},
                     "edited": spec.get("diffusion_source") is not None,
@@ -198,7 +197,7 @@ class ViewerApp:
                     "status": c.status,
                 }
             )
-        return session.aliases.mask(leaderboard(rows))
+        return leaderboard(rows)
 
     async def _scene(
         self, session: DiscoverySession, candidate: CandidateDetail | None
@@ -216,7 +215,7 @@ class ViewerApp:
         weights = None if candidate_id is None else self.service.reads.stored_weights(candidate_id)
         if candidate is not None and weights is not None:
             u_pred = await predicted_beat(
-                self.service.reads.spec_of(candidate).model_dump_json(),
+                self.service.reads.spec_of(candidate, session).model_dump_json(),
                 data,
                 session.dataset_path,
                 weights,
@@ -225,7 +224,7 @@ class ViewerApp:
                 start_method=self.service.pool.start_method,
             )
             at_pred = activation_times(u_pred, data.t)
-        name = f"{session.dataset_name}, test beat {sample}"
+        name = f"{session.dataset_shown}, test beat {sample}"
         if candidate is not None and weights is None:
             name += f" (candidate {candidate.status}: no prediction)"
         build = partial(
