@@ -14,6 +14,7 @@ import pytest
 from leads_agent.anthropic_provider import AnthropicBackend
 from leads_agent.cli import main
 from leads_agent.connection import ToolResult, ToolSpec
+from leads_agent.conversation import Conversation
 from leads_agent.errors import ConfigurationError, ProviderError
 from leads_agent.llm import LLMPolicy, RetryPolicy, agent_tools, price_usage
 from leads_agent.openai_provider import OpenAIBackend
@@ -86,6 +87,12 @@ def search_state() -> SearchState:
 
 async def no_sleep(_: float) -> None:
     return None
+
+
+def hello() -> Conversation:
+    conversation = Conversation()
+    conversation.add_user("hello", step=1, step_start=True)
+    return conversation
 
 
 def tools() -> list[ToolSpec]:
@@ -193,9 +200,18 @@ def test_anthropic_tool_use_dialogue():
 
     assert len(requests) == 4
     first = requests[0]
+    # the system prompt's breakpoint caches the tools before it; the latest turn carries one
     assert first["system"][0]["cache_control"] == {"type": "ephemeral"}
-    assert first["tools"][-1]["cache_control"] == {"type": "ephemeral"}
-    assert all("cache_control" not in t for t in first["tools"][:-1])
+    assert all("cache_control" not in t for t in first["tools"])
+    assert first["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
+    for request in requests:
+        marks = [
+            block
+            for message in request["messages"]
+            for block in message["content"]
+            if "cache_control" in block
+        ]
+        assert 1 <= len(marks) <= 3  # with the system prompt's: at most 4, the API's limit
     # the refusal went back as an error tool result, and the model corrected itself
     results = requests[2]["messages"][-1]["content"]
     refused = next(r for r in results if r["tool_use_id"] == "t2")
@@ -252,9 +268,8 @@ def test_anthropic_rejected_key_is_reported():
         retry=RetryPolicy(sleep=no_sleep),
         http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(handler)),
     )
-    backend.add_user("hello")
     with pytest.raises(ConfigurationError, match="rejected the API key"):
-        asyncio.run(backend.complete())
+        asyncio.run(backend.complete(hello()))
 
 
 # ---------------------------------------------------------------------------- OpenAI
@@ -375,11 +390,10 @@ def test_openai_unreachable_endpoint_is_a_clear_error():
         api_key="",
         retry=RetryPolicy(attempts=2, sleep=no_sleep),
     )
-    backend.add_user("hello")
     with pytest.raises(
         ProviderError, match="cannot reach the LLM endpoint at http://127.0.0.1:9/v1"
     ):
-        asyncio.run(backend.complete())
+        asyncio.run(backend.complete(hello()))
     assert backend.usage.retries == 1
 
 
