@@ -20,6 +20,7 @@ from .errors import AgentError, ConfigurationError
 from .llm import SYSTEM_PROMPT, LLMPolicy, RetryPolicy, agent_tools
 from .offline import OfflinePolicy
 from .policy import Policy
+from .preflight import preflight
 from .report import write_report
 from .ui import LiveView, QuietView
 
@@ -85,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     discover.add_argument(
         "--base-url",
-        help="OpenAI-compatible endpoint (default $OPENAI_BASE_URL or https://api.openai.com/v1)",
+        help="LLM endpoint: OpenAI-compatible with /v1 (default $OPENAI_BASE_URL or "
+        "https://api.openai.com/v1); Anthropic without /v1 (default $ANTHROPIC_BASE_URL or "
+        "https://api.anthropic.com)",
     )
     discover.add_argument("--budget", type=int, default=15, help="search steps (15)")
     discover.add_argument(
@@ -123,7 +126,9 @@ def make_policy(
         from .anthropic_provider import AnthropicBackend
 
         return LLMPolicy(
-            AnthropicBackend(tools, model=model, retry=retry, system_prompt=system_prompt)
+            AnthropicBackend(
+                tools, model=model, base_url=base_url, retry=retry, system_prompt=system_prompt
+            )
         )
     from .openai_provider import OpenAIBackend
 
@@ -275,10 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(["discover"])
     console = Console(stderr=True)
     if getattr(args, "llm", "offline") != "offline":
-        try:
+        try:  # before any server or session is started
             _check_llm_config(args)
-        except ConfigurationError as exc:
-            console.print(f"[red]error:[/] {exc}")
+            asyncio.run(preflight(args.llm, args.model, args.base_url))
+        except AgentError as exc:
+            console.print(f"[red]error:[/] {exc}", soft_wrap=True)
             return exc.exit_code
     try:
         result, report = asyncio.run(_run(args, console))

@@ -59,7 +59,15 @@ def render_messages(conversation: Conversation, system_prompt: str) -> list[dict
             messages.append(message)
             continue
         messages += [
-            {"role": "tool", "tool_call_id": r.call_id, "content": r.text} for r in turn.results
+            {
+                "role": "tool",
+                "tool_call_id": r.call_id,
+                # the wire format has no error flag: the text says it
+                "content": r.text
+                if not r.is_error or r.text.startswith("ERROR")
+                else f"ERROR: {r.text}",
+            }
+            for r in turn.results
         ]
         if turn.text:
             messages.append({"role": "user", "content": turn.text})
