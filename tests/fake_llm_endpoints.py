@@ -263,6 +263,7 @@ class Dialogue:
     index: int  # model replies already given in this step
     results: list[tuple[str, bool]]  # the latest user turn's tool results (text, is_error)
     user_text: str
+    last_calls: list[str] = field(default_factory=list)  # tools the last model turn called
 
 
 STEP = re.compile(r"Step (\d+) of (\d+)")
@@ -273,7 +274,8 @@ class ScriptedModel:
     """One distinct candidate per step: ``reactions x templates`` in order (templates of the
     ``preferred`` list first), two tool calls, then a text answer; ``faults`` maps
     ``(step, reply index)`` to ``"empty"``, ``"text_only"``, ``"malformed"``, ``"not_object"``
-    or ``"unknown_tool"``; ``duplicate_at`` repeats the first step's structure at those steps."""
+    or ``"unknown_tool"``; ``duplicate_at`` repeats the first step's structure at those steps;
+    ``observe``: each step first reads the chosen template's source (a long tool result)."""
 
     def __init__(
         self,
@@ -281,11 +283,13 @@ class ScriptedModel:
         preferred: tuple[str, ...] = ("laplacian_global", "mean_aggregation", "laplacian_nodewise"),
         duplicate_at: tuple[int, ...] = (),
         thought_words: int = 40,
+        observe: bool = False,
     ) -> None:
         self.faults = dict(faults or {})
         self.preferred = preferred
         self.duplicate_at = duplicate_at
         self.thought_words = thought_words
+        self.observe = observe
 
     def plan(self, dialogue: Dialogue, step: int) -> tuple[str, str]:
         """The step's structure; after a duplicate refusal, the next one in the list."""
@@ -315,8 +319,13 @@ class ScriptedModel:
             return Reply("Setting it up.", [("select_reaction", "reaction please"), setup[1]])
         if fault == "unknown_tool":
             return Reply("Training now.", [("train_now", {})])
-        if dialogue.results and not any(error for _, error in dialogue.results):
+        ok = dialogue.results and not any(error for _, error in dialogue.results)
+        if ok and "select_diffusion" in dialogue.last_calls:
             return Reply(f"The candidate {reaction} + {template} is set up.")
+        if self.observe and dialogue.index == 0:
+            return Reply(
+                "Reading the operator first.", [("read_template_source", {"template": template})]
+            )
         padding = " ".join(["reasoning"] * self.thought_words)
         thought = f"The curves say: compare reactions under one operator. Trying {reaction} + "
         return Reply(f"{thought}{template}. {padding}", setup)
@@ -327,10 +336,13 @@ class ScriptedModel:
 
 def _anthropic_dialogue(body: dict[str, Any]) -> Dialogue:
     texts: list[str] = []
+    last_calls: list[str] = []
     step, index, results, user_text = 1, 0, [], ""
     for message in body["messages"]:
         content = message["content"]
         blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        if message["role"] == "assistant":
+            last_calls = [b.get("name") for b in blocks if b.get("type") == "tool_use"]
         if message["role"] == "user":
             texts += [b["text"] for b in blocks if b.get("type") == "text"]
             results = [
@@ -344,11 +356,12 @@ def _anthropic_dialogue(body: dict[str, Any]) -> Dialogue:
                 step, index = int(found.group(1)), 0
         else:
             index += 1
-    return _dialogue(texts, step, index, results, user_text)
+    return _dialogue(texts, step, index, results, user_text, last_calls)
 
 
 def _openai_dialogue(body: dict[str, Any]) -> Dialogue:
     texts: list[str] = []
+    last_calls: list[str] = []
     step, index, results, user_text = 1, 0, [], ""
     for message in body["messages"]:
         role = message["role"]
@@ -364,10 +377,20 @@ def _openai_dialogue(body: dict[str, Any]) -> Dialogue:
         elif role == "assistant":
             index += 1
             results, user_text = [], ""
-    return _dialogue(texts, step, index, results, user_text)
+            last_calls = [
+                str((c.get("function") or {}).get("name")) for c in message.get("tool_calls") or []
+            ]
+    return _dialogue(texts, step, index, results, user_text, last_calls)
 
 
-def _dialogue(texts: list[str], step: int, index: int, results: list, user_text: str) -> Dialogue:
+def _dialogue(
+    texts: list[str],
+    step: int,
+    index: int,
+    results: list,
+    user_text: str,
+    last_calls: list[str],
+) -> Dialogue:
     reactions: list[str] = []
     templates: list[str] = []
     for text in texts:
@@ -383,6 +406,7 @@ def _dialogue(texts: list[str], step: int, index: int, results: list, user_text:
         index,
         results,
         user_text,
+        last_calls,
     )
 
 

@@ -257,3 +257,37 @@ def test_a_duplicate_refused_by_the_server_goes_back_to_the_model(tiny_home: Pat
     searched = [c for c in result.candidates if c.operation != "finetune"]
     assert [c.step for c in searched] == [1, 2]
     assert len({(c.reaction, c.diffusion) for c in searched}) == 2
+
+
+# ---------------------------------------------------------------------------- tokens
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_fifteen_steps_grow_linearly_and_read_mostly_from_the_cache(
+    provider: str, leads_home: Path
+):
+    """The scripted model reads a template's source every step (a long tool result) and sets
+    up one candidate: the input of a step grows by about the same amount each step (compact
+    observations, old tool results compacted), and at least 60% of all input tokens are cache
+    reads, as the fake endpoint computes them from the breakpoints the client sends."""
+    from scripted_search import scripted_search
+
+    save_tiny(leads_home, duration_ms=20.0)
+    result, steps, endpoint = scripted_search(
+        leads_home, provider, budget=15, model=ScriptedModel(observe=True)
+    )
+    assert endpoint.refused() == []
+    assert result.completed and len(steps) == 15
+    inputs = [row.input_tokens for row in steps]
+    growth = [b - a for a, b in zip(inputs, inputs[1:], strict=False)]
+    assert all(g > 0 for g in growth)
+    assert max(growth[-5:]) <= 1.25 * max(growth[:5])  # linear, not quadratic
+    usage = result.usage
+    assert usage.requests == sum(row.requests for row in steps) == 45
+    assert usage.cache_read_tokens >= 0.6 * usage.input_tokens
+    if provider == "anthropic":  # a request never reads less than the previous one wrote
+        assert all(row.cache_read_share > 0.5 for row in steps[1:])
+        # compaction: the 15th step's source read is the only one still in full
+        last = endpoint.completion_exchanges()[-1].request
+        sources = json.dumps(last["messages"]).count("class Diffusion")
+        assert sources == 1
