@@ -273,8 +273,9 @@ LISTS = re.compile(r"reaction models: (.*)\ndiffusion templates: (.*)")
 class ScriptedModel:
     """One distinct candidate per step: ``reactions x templates`` in order (templates of the
     ``preferred`` list first), two tool calls, then a text answer; ``faults`` maps
-    ``(step, reply index)`` to ``"empty"``, ``"text_only"``, ``"malformed"``, ``"not_object"``
-    or ``"unknown_tool"``; ``duplicate_at`` repeats the first step's structure at those steps;
+    ``(step, reply index)`` to ``"empty"``, ``"text_only"``, ``"malformed"``, ``"not_object"``,
+    ``"unknown_tool"`` or ``"out_of_range"`` (hyper-parameters a server refuses);
+    ``duplicate_at`` repeats the first step's structure at those steps;
     ``observe``: each step first reads the chosen template's source (a long tool result)."""
 
     def __init__(
@@ -319,6 +320,9 @@ class ScriptedModel:
             return Reply("Setting it up.", [("select_reaction", "reaction please"), setup[1]])
         if fault == "unknown_tool":
             return Reply("Training now.", [("train_now", {})])
+        if fault == "out_of_range":  # a call the server refuses
+            wide = {"template": template, "hyperparameters": {"hidden": 1000}}
+            return Reply("A wide operator.", [setup[0], ("select_diffusion", wide)])
         ok = dialogue.results and not any(error for _, error in dialogue.results)
         if ok and "select_diffusion" in dialogue.last_calls:
             return Reply(f"The candidate {reaction} + {template} is set up.")
