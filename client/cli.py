@@ -262,8 +262,11 @@ def _print_summary(console: Console, result: RunResult, report: str | None) -> N
         )
     usage = summary["usage"]
     if usage["requests"]:
-        cost = f", ${usage['cost_usd']:.4f}" if usage["cost_usd"] is not None else ""
-        console.print(f"tokens: {usage['input_tokens']} in, {usage['output_tokens']} out{cost}")
+        cost = f"${usage['cost_usd']:.4f}" if usage["cost_usd"] is not None else "cost unknown"
+        console.print(
+            f"tokens: {usage['input_tokens']} in ({usage['cache_read_tokens']} from the cache), "
+            f"{usage['output_tokens']} out, {cost}"
+        )
     if report:
         console.print(f"report: {report}")
 
