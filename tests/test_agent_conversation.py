@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from fake_llm_endpoints import anthropic_request_error, openai_request_error
 from leads_agent.anthropic_provider import render_messages as anthropic_messages
 from leads_agent.conversation import EMPTY_REPLY, Conversation, RequestedCall, ToolOutcome
 from leads_agent.openai_provider import render_messages as openai_messages
+from llm_api_rules import anthropic_request_error, openai_request_error
 
 
 def anthropic_body(messages: list[dict], system_marks: int = 1) -> dict:
