@@ -87,14 +87,8 @@ async def check_anthropic(model: str, base: str, key: str, timeout: float) -> No
             return
         if response.status_code >= 500:
             return
-        if response.status_code == 404:
-            listing = await _get(client, f"{base}/v1/models", base)
-            if listing.status_code == 200:
-                known = ", ".join(_model_ids(listing)[:8]) or "none listed"
-                raise ConfigurationError(
-                    f"the Anthropic endpoint at {base} has no model {model!r} (it has: {known})"
-                )
-            probe = await _post(
+        if response.status_code == 404:  # an alias the endpoint does not resolve, a proxy
+            probe = await _post(  # without a models endpoint, or no such model: ask once
                 client,
                 f"{base}/v1/messages",
                 {"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]},
@@ -103,6 +97,12 @@ async def check_anthropic(model: str, base: str, key: str, timeout: float) -> No
             _rejected_key(probe, base, "ANTHROPIC_API_KEY")
             if probe.status_code < 400 or probe.status_code == 429 or probe.status_code >= 500:
                 return
+            listing = await _get(client, f"{base}/v1/models", base)
+            if listing.status_code == 200 and not hint:
+                known = ", ".join(_model_ids(listing)[:8]) or "none listed"
+                raise ConfigurationError(
+                    f"the Anthropic endpoint at {base} has no model {model!r} (it has: {known})"
+                )
             raise ConfigurationError(
                 f"no Anthropic Messages API for model {model!r} at {base} "
                 f"(HTTP {probe.status_code}){hint}"
