@@ -79,12 +79,15 @@ def scripted_search(
     budget: int = 15,
     model: ScriptedModel | None = None,
     dataset: str = "tiny",
+    report: Path | None = None,
 ) -> tuple[Any, list[StepTokens], FakeEndpoint]:
     """Run ``budget`` steps (1 epoch each, no fine-tuning) with the scripted model behind a
-    fake endpoint; the run's result, its tokens per step and the (stopped) endpoint."""
+    fake endpoint; the run's result, its tokens per step and the (stopped) endpoint. The
+    report is written to ``report`` when given."""
     from leads_agent.agent import RunConfig, run_search
     from leads_agent.connection import connect
     from leads_agent.llm import LLMPolicy, RetryPolicy, agent_tools
+    from leads_agent.report import write_report
     from leads_agent.ui import QuietView
     from leads_server.app import build_server
 
@@ -116,6 +119,8 @@ def scripted_search(
                     result = await run_search(conn, policy, config, QuietView())
                 finally:
                     await backend.aclose()
+                if report is not None:
+                    await write_report(conn, result, report)
                 return result, policy
         finally:
             server.close()

@@ -97,28 +97,29 @@ def test_a_run_completes_despite_what_real_models_send(
     assert "not valid JSON" in texts or "JSON object" in texts
 
 
-def test_a_step_without_candidate_is_lost_and_keeps_the_step_numbers(
-    tiny_home: Path, monkeypatch: pytest.MonkeyPatch, capsys
-):
+def test_a_step_without_candidate_is_lost_and_keeps_the_step_numbers(leads_home: Path):
     """The model never sets up step 1's candidate (three text-only turns: the two corrections
     are spent): the step is lost without training, step 2 trains, the run completes, and the
     report's candidate table says step 2."""
+    from scripted_search import scripted_search
+
+    save_tiny(leads_home, duration_ms=20.0)
     faults = {(1, 0): "text_only", (1, 1): "text_only", (1, 2): "text_only"}
-    report = tiny_home / "report"
-    with FakeEndpoint(ScriptedModel(faults)) as endpoint:
-        argv = discover(
-            "anthropic", endpoint, monkeypatch, "--budget", "2", "--report", str(report)
-        )
-        assert main(argv) == 0
-        assert endpoint.refused() == []
-    summary = last_json(capsys.readouterr().out)
+    report = leads_home / "report"
+    result, _, endpoint = scripted_search(
+        leads_home, budget=2, model=ScriptedModel(faults), report=report
+    )
+    assert endpoint.refused() == []
+    summary = result.summary()
     assert summary["completed"] is True and summary["test"] is not None
     searched = [c for c in summary["candidates"] if c["operation"] != "finetune"]
     assert [c["step"] for c in searched] == [2]
     assert summary["repairs"]["steps_lost"] == 1
     assert summary["repairs"]["steps_without_candidate"] == 1
+    assert summary["repairs"]["text_only_turns"] == 3
     table = (report / "report.md").read_text().split("## Candidates")[1]
     assert f"| 2 | `{searched[0]['candidate_id']}` |" in table
+    assert "no candidate was set up" in result.steps[0].observation
 
 
 # ---------------------------------------------------------------------------- pre-flight
