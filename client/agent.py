@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from .connection import ServerConnection, ToolResult
 from .errors import AgentError
 from .home import leads_home
+from .llm import is_duplicate_refusal
 from .policy import Policy, Usage
 from .reveal import Revealed
 from .state import NOT_TRAINED, Candidate, Decision, SearchState, ToolCall, rows_to_dicts
@@ -74,6 +75,7 @@ class RunResult:
     steps_recorded_on_server: bool = True
     notes: list[str] = field(default_factory=list)
     best_record: dict[str, Any] | None = None
+    repairs: dict[str, int] = field(default_factory=dict)
     #: an anonymised session's truth, read for the user after the search (never for the model)
     revealed: Revealed | None = None
 
@@ -124,6 +126,7 @@ class RunResult:
                 "at_mae_ms": evaluation.get("at_mae_ms", evaluation.get("at_mae")),
             },
             "usage": self.usage.as_dict(),
+            "repairs": self.repairs,
             "wall_seconds": round(self.wall_seconds, 2),
             "notes": self.notes,
             "revealed": None if self.revealed is None else self.revealed.as_dict(),
@@ -188,6 +191,7 @@ class SearchRun:
         self.notes: list[str] = []
         self.record_on_server = conn.has_tool("record_step")
         self.refusals = 0  # steps whose action the server refused (no candidate trained)
+        self.duplicates = 0  # trainings refused as duplicates of an earlier candidate
 
     # ------------------------------------------------------------------ archive reading
 
@@ -249,12 +253,15 @@ class SearchRun:
                 candidate.train_curve.append(float(row["train_loss"]))
             if row.get("val_loss") is not None:
                 candidate.val_curve.append(float(row["val_loss"]))
+        recorded = {r.candidate_id: r.step for r in self.steps if r.candidate_id}
         step = 0
         for candidate in candidates:
             if candidate.candidate_id in self.aliases:
                 candidate.reaction = self.aliases[candidate.candidate_id]
             if candidate.operation != "finetune":
-                step += 1
+                # the step that trained it as the archive recorded it (a lost step keeps its
+                # number), else the next number after the previous candidate's
+                step = recorded.get(candidate.candidate_id, step + 1)
                 candidate.step = step
         return candidates
 
@@ -273,11 +280,17 @@ class SearchRun:
                     action = json.loads(action)
                 except json.JSONDecodeError:
                     action = [action]
+            candidate_id = None
             if isinstance(action, dict):
+                candidate_id = action.get("candidate_id")
                 action = action.get("calls", [action])
             records.append(
                 StepRecord(
-                    number, row.get("thought") or "", action or [], row.get("observation") or ""
+                    number,
+                    row.get("thought") or "",
+                    action or [],
+                    row.get("observation") or "",
+                    str(candidate_id) if candidate_id else None,
                 )
             )
         return records
@@ -361,7 +374,7 @@ class SearchRun:
     def steps_done(self, candidates: list[Candidate]) -> int:
         """Steps already spent: the server's count when it gives one, else the archive's."""
         counted = sum(1 for c in candidates if c.operation != "finetune" and c.status != "refused")
-        return counted + self.refusals
+        return max(counted + self.refusals, len(self.steps))
 
     # ------------------------------------------------------------------ steps
 
@@ -429,22 +442,7 @@ class SearchRun:
         if decision.stop:
             self.notes.append(f"step {number}: the policy stopped the search")
             return False
-        refusal = await self.execute(decision.calls)
-        candidate_id = None
-        if refusal:
-            observation = f"{refusal}; {NOT_TRAINED}"
-            self.refusals += 1
-        else:
-            result = await self.train(
-                f"step {number}",
-                "train_candidate",
-                {"session_id": self.session_id, "epochs": self.config.epochs},
-            )
-            observation = self.describe_training(result)
-            data = result.as_dict()
-            candidate_id = data.get("candidate_id")
-            if candidate_id and data.get("reaction"):
-                self.aliases[str(candidate_id)] = str(data["reaction"])
+        decision, observation, candidate_id = await self.act(number, state, decision)
         record = StepRecord(
             number,
             decision.thought,
@@ -456,6 +454,56 @@ class SearchRun:
         self.policy.record_outcome(state, decision, observation)
         self.view.message(f"step {number}: {observation}")
         return True
+
+    async def act(
+        self, number: int, state: SearchState, decision: Decision, revisions: int = 2
+    ) -> tuple[Decision, str, str | None]:
+        """Run the decision's calls and train; a training the server refuses as a duplicate of
+        an earlier candidate goes back to a policy that can ``revise`` (at most ``revisions``
+        times), else the step is lost like any refused action. Returns the (merged) decision,
+        the observation and the trained candidate's id."""
+        for attempt in range(revisions + 1):
+            refusal = await self.execute(decision.calls)
+            if refusal:
+                self.refusals += 1
+                return decision, f"{refusal}; {NOT_TRAINED}", None
+            if not any(call.ok for call in decision.calls):
+                self.refusals += 1
+                return decision, f"no candidate was set up; {NOT_TRAINED}", None
+            result = await self.train(
+                f"step {number}",
+                "train_candidate",
+                {"session_id": self.session_id, "epochs": self.config.epochs},
+            )
+            text = result.text or str(result.data)
+            if not result.ok and is_duplicate_refusal(text):
+                self.duplicates += 1
+                revise = getattr(self.policy, "revise", None)
+                if revise is not None and attempt < revisions:
+                    self.view.message(f"step {number}: {text}; asking for another structure")
+                    again: Decision = await revise(state, self.conn, text)
+                    decision = Decision(
+                        thought=f"{decision.thought}\n{again.thought}",
+                        calls=[*decision.calls, *again.calls],
+                        stop=again.stop,
+                    )
+                    continue
+                self.refusals += 1
+                return decision, f"train_candidate was refused: {text}; {NOT_TRAINED}", None
+            data = result.as_dict()
+            candidate_id = data.get("candidate_id")
+            if candidate_id and data.get("reaction"):
+                self.aliases[str(candidate_id)] = str(data["reaction"])
+            return decision, self.describe_training(result), candidate_id
+        raise AssertionError("unreachable")
+
+    def repairs(self) -> dict[str, int]:
+        """What the loop repaired or refused (the policy's counts and refused duplicates)."""
+        counts = getattr(self.policy, "counts", None)
+        repairs = dict(counts.as_dict()) if counts is not None else {}
+        repairs["duplicates_refused"] = max(repairs.get("duplicates_refused", 0), self.duplicates)
+        repairs["steps_lost"] = self.refusals
+        return repairs
 
     # ------------------------------------------------------------------ end game
 
@@ -572,6 +620,7 @@ async def run_search(
         steps_recorded_on_server=run.record_on_server,
         notes=run.notes,
         best_record=best_record,
+        repairs=run.repairs(),
     )
 
 

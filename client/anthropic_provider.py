@@ -1,5 +1,11 @@
-"""Anthropic provider: the Messages API with tool use through the ``anthropic`` SDK, prompt
-caching (``cache_control``) on the static prefix (tool list + system prompt)."""
+"""Anthropic provider: the Messages API with tool use through the ``anthropic`` SDK.
+
+The conversation is rendered at each request with prompt-caching breakpoints
+(``cache_control``, at most 4 per request as the API allows): the system prompt (which caches
+the tool list before it too), the latest user turn (written to the cache now), the previous
+user turn (the last request's breakpoint, read back) and the latest step prompt (stable when
+the step that just ended is compacted). Everything before a breakpoint seen before is billed as
+a cache read (0.1x the input price)."""
 
 from __future__ import annotations
 
@@ -10,33 +16,63 @@ import anthropic
 import httpx2
 
 from .connection import ToolSpec
+from .conversation import Conversation, ModelTurn, RequestedCall, UserTurn
 from .errors import ConfigurationError, ProviderError
-from .llm import (
-    SYSTEM_PROMPT,
-    AssistantTurn,
-    RequestedCall,
-    RetryPolicy,
-    TemporaryError,
-    parse_retry_after,
-)
+from .llm import SYSTEM_PROMPT, AssistantTurn, RetryPolicy, TemporaryError, parse_retry_after
 from .policy import Usage
 
-__all__ = ["DEFAULT_ANTHROPIC_MODEL", "AnthropicBackend"]
+__all__ = ["DEFAULT_ANTHROPIC_MODEL", "AnthropicBackend", "convert_tools", "render_messages"]
 
 DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-4-6"
 _EPHEMERAL = {"type": "ephemeral"}
 
 
 def convert_tools(tools: list[ToolSpec]) -> list[dict[str, Any]]:
-    """MCP tool schemas as Anthropic tools; the last one carries the cache breakpoint, so the
-    whole tool list (and the system prompt after it) is cached."""
-    converted = [
+    """MCP tool schemas as Anthropic tools (cached through the system prompt's breakpoint,
+    which comes after them in the cache's order: tools, system, messages)."""
+    return [
         {"name": t.name, "description": t.description[:4000], "input_schema": t.input_schema}
         for t in tools
     ]
-    if converted:
-        converted[-1]["cache_control"] = _EPHEMERAL
-    return converted
+
+
+def _blocks(turn: UserTurn | ModelTurn) -> list[dict[str, Any]]:
+    if isinstance(turn, ModelTurn):
+        blocks: list[dict[str, Any]] = [{"type": "text", "text": turn.text}] if turn.text else []
+        blocks += [
+            {"type": "tool_use", "id": c.call_id, "name": c.name, "input": c.arguments}
+            for c in turn.calls
+        ]
+        return blocks
+    blocks = [
+        {
+            "type": "tool_result",
+            "tool_use_id": r.call_id,
+            "content": r.text,
+            **({"is_error": True} if r.is_error else {}),
+        }
+        for r in turn.results
+    ]
+    if turn.text:
+        blocks.append({"type": "text", "text": turn.text})
+    return blocks
+
+
+def render_messages(conversation: Conversation, breakpoints: int = 3) -> list[dict[str, Any]]:
+    """The conversation as Messages API ``messages``, with cache breakpoints on the last block
+    of the turns :meth:`Conversation.cache_breakpoints` chooses."""
+    marked = set(conversation.cache_breakpoints(breakpoints))
+    messages: list[dict[str, Any]] = []
+    for index, turn in enumerate(conversation.turns):
+        role = "assistant" if isinstance(turn, ModelTurn) else "user"
+        blocks = _blocks(turn)
+        if index in marked and blocks:
+            blocks[-1]["cache_control"] = _EPHEMERAL
+        if messages and messages[-1]["role"] == role:
+            messages[-1]["content"].extend(blocks)
+        else:
+            messages.append({"role": role, "content": blocks})
+    return messages
 
 
 class AnthropicBackend:
@@ -66,45 +102,26 @@ class AnthropicBackend:
         self.client = anthropic.AsyncAnthropic(
             api_key=key, base_url=base_url, http_client=http_client, max_retries=0
         )
-        self.messages: list[dict[str, Any]] = []
         self._tools = convert_tools(tools)
+        self.request_log: list[dict[str, int]] = []  # tokens of each request, in order
         self._system = [{"type": "text", "text": system_prompt, "cache_control": _EPHEMERAL}]
 
-    def _append_user_blocks(self, blocks: list[dict[str, Any]]) -> None:
-        if self.messages and self.messages[-1]["role"] == "user":
-            self.messages[-1]["content"].extend(blocks)
-        else:
-            self.messages.append({"role": "user", "content": blocks})
-
-    def add_user(self, text: str) -> None:
-        """A user turn (the step's observation)."""
-        self._append_user_blocks([{"type": "text", "text": text}])
-
-    def add_tool_results(self, results: list[tuple[RequestedCall, str, bool]]) -> None:
-        """The answers to the model's tool calls, in one user turn."""
-        self._append_user_blocks(
-            [
-                {
-                    "type": "tool_result",
-                    "tool_use_id": call.call_id,
-                    "content": text,
-                    "is_error": is_error,
-                }
-                for call, text, is_error in results
-            ]
-        )
-
-    async def _request(self) -> Any:
+    async def _request(self, messages: list[dict[str, Any]]) -> Any:
         try:
             return await self.client.messages.create(
                 model=self.model,
                 max_tokens=self.max_tokens,
                 system=self._system,
                 tools=self._tools,
-                messages=self.messages,
+                messages=messages,
             )
         except anthropic.AuthenticationError as exc:
             raise ConfigurationError(f"Anthropic rejected the API key: {exc.message}") from exc
+        except anthropic.NotFoundError as exc:
+            raise ConfigurationError(
+                f"the Anthropic endpoint {base_url_of(self.client)} does not know model "
+                f"{self.model!r} or has no Messages API there (HTTP 404): {exc.message}"
+            ) from exc
         except anthropic.APIStatusError as exc:
             status = exc.status_code
             if status == 429 or status >= 500:
@@ -117,9 +134,12 @@ class AnthropicBackend:
             url = base_url_of(self.client)
             raise TemporaryError(f"cannot reach the Anthropic API at {url}: {exc}") from exc
 
-    async def complete(self) -> AssistantTurn:
+    async def complete(self, conversation: Conversation) -> AssistantTurn:
         """Ask the model (retrying rate limits and server errors)."""
-        response = await self.retry.run(self._request, self.usage, "Anthropic API")
+        messages = render_messages(conversation)
+        response = await self.retry.run(
+            lambda: self._request(messages), self.usage, "Anthropic API"
+        )
         self.usage.requests += 1
         usage = response.usage
         cache_write = usage.cache_creation_input_tokens or 0
@@ -128,12 +148,13 @@ class AnthropicBackend:
         self.usage.output_tokens += usage.output_tokens
         self.usage.cache_creation_tokens += cache_write
         self.usage.cache_read_tokens += cache_read
-        content = [block.model_dump(exclude_none=True) for block in response.content]
-        self.messages.append({"role": "assistant", "content": content})
+        self.request_log.append(
+            {"input": usage.input_tokens, "cache_write": cache_write, "cache_read": cache_read}
+        )
         texts, calls = [], []
-        for block in response.content:
+        for block in response.content or []:
             if block.type == "text":
-                texts.append(block.text)
+                texts.append(block.text or "")
             elif block.type == "tool_use":
                 if isinstance(block.input, dict):
                     calls.append(RequestedCall(block.id, block.name, dict(block.input)))
@@ -142,10 +163,10 @@ class AnthropicBackend:
                         RequestedCall(
                             block.id,
                             block.name,
-                            error=f"input must be a JSON object, got {block.input!r}",
+                            error=f"input must be a JSON object, got {block.input!r:.80}",
                         )
                     )
-        return AssistantTurn("\n".join(texts), calls)
+        return AssistantTurn("\n".join(t for t in texts if t.strip()), calls)
 
     async def aclose(self) -> None:
         """Close the HTTP client."""

@@ -21,6 +21,7 @@ from .errors import AgentError, ConfigurationError
 from .llm import SYSTEM_PROMPT, LLMPolicy, RetryPolicy, agent_tools
 from .offline import OfflinePolicy
 from .policy import Policy
+from .preflight import preflight
 from .report import write_report
 from .reveal import reveal_session
 from .ui import LiveView, QuietView
@@ -87,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     discover.add_argument(
         "--base-url",
-        help="OpenAI-compatible endpoint (default $OPENAI_BASE_URL or https://api.openai.com/v1)",
+        help="LLM endpoint: OpenAI-compatible with /v1 (default $OPENAI_BASE_URL or "
+        "https://api.openai.com/v1); Anthropic without /v1 (default $ANTHROPIC_BASE_URL or "
+        "https://api.anthropic.com)",
     )
     discover.add_argument("--budget", type=int, default=15, help="search steps (15)")
     discover.add_argument(
@@ -125,7 +128,9 @@ def make_policy(
         from .anthropic_provider import AnthropicBackend
 
         return LLMPolicy(
-            AnthropicBackend(tools, model=model, retry=retry, system_prompt=system_prompt)
+            AnthropicBackend(
+                tools, model=model, base_url=base_url, retry=retry, system_prompt=system_prompt
+            )
         )
     from .openai_provider import OpenAIBackend
 
@@ -263,8 +268,11 @@ def _print_summary(console: Console, result: RunResult, report: str | None) -> N
         )
     usage = summary["usage"]
     if usage["requests"]:
-        cost = f", ${usage['cost_usd']:.4f}" if usage["cost_usd"] is not None else ""
-        console.print(f"tokens: {usage['input_tokens']} in, {usage['output_tokens']} out{cost}")
+        cost = f"${usage['cost_usd']:.4f}" if usage["cost_usd"] is not None else "cost unknown"
+        console.print(
+            f"tokens: {usage['input_tokens']} in ({usage['cache_read_tokens']} from the cache), "
+            f"{usage['output_tokens']} out, {cost}"
+        )
     if report:
         console.print(f"report: {report}")
 
@@ -281,10 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(["discover"])
     console = Console(stderr=True)
     if getattr(args, "llm", "offline") != "offline":
-        try:
+        try:  # before any server or session is started
             _check_llm_config(args)
-        except ConfigurationError as exc:
-            console.print(f"[red]error:[/] {exc}")
+            asyncio.run(preflight(args.llm, args.model, args.base_url))
+        except AgentError as exc:
+            console.print(f"[red]error:[/] {exc}", soft_wrap=True)
             return exc.exit_code
     try:
         result, report = asyncio.run(_run(args, console))

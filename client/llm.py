@@ -1,11 +1,14 @@
 """What the LLM providers share: the prompts, the tool schemas (from the server's
-``list_tools``), the step dialogue, retries with backoff, and token/cost accounting.
+``list_tools``), the step dialogue, retries with backoff.
 
-A provider (``anthropic_provider``, ``openai_provider``) only converts messages and tool schemas
-to its wire format and calls its endpoint; :class:`LLMPolicy` runs the dialogue of a step: the
-model may observe (``query_archive``, ``get_candidate``, ``list_catalogs``, template sources)
-and set up a candidate (reaction + one diffusion operation), seeing each tool's answer (errors
-included, so it can correct itself); the step ends when it answers without a tool call.
+A provider (``anthropic_provider``, ``openai_provider``) only renders the
+:class:`~leads_agent.conversation.Conversation` in its wire format, calls its endpoint and
+parses the reply; :class:`LLMPolicy` runs the dialogue of a step: the model may observe
+(``query_archive``, ``get_candidate``, ``list_catalogs``, template sources) and set up a
+candidate (reaction + one diffusion operation), seeing each tool's answer (errors included, so it
+can correct itself); the step ends when it answers without a tool call *and* a candidate is set
+up. A reply that sets up nothing (empty, text only, only refused calls) gets a short correction
+within the step, at most ``max_corrections`` times, instead of a wasted training.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import copy
 import email.utils
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol, TypeVar
 
 from .connection import ToolResult, ToolSpec
+from .conversation import Conversation, RequestedCall, ToolOutcome
 from .errors import ProviderError
 from .policy import ACTION_TOOLS, OBSERVE_TOOLS, ToolEnv, Usage
+from .prices import PRICES, price_usage
 from .state import Decision, SearchState, ToolCall
 
 __all__ = [
@@ -29,10 +34,12 @@ __all__ = [
     "AssistantTurn",
     "ChatBackend",
     "LLMPolicy",
+    "LoopCounts",
     "RequestedCall",
     "RetryPolicy",
     "TemporaryError",
     "agent_tools",
+    "is_duplicate_refusal",
     "price_usage",
 ]
 
@@ -45,8 +52,9 @@ Laplacians, or graph networks that predict edge conductances). Each candidate st
 fitted by gradient descent for a few epochs and archived with its training and validation
 curves.
 
-Each step you: (1) observe the archive (the step message lists every candidate; use
-query_archive or get_candidate for more, read_template_source for a template's code);
+Each step you: (1) observe the archive (the first step message lists every candidate, each later
+one the previous step's result and the best so far; use query_archive or get_candidate for
+more, read_template_source for a template's code);
 (2) think: say in a few sentences what the curves tell you (which reaction fits best under the
 same diffusion, over- or under-fitting, instability) and what to try next; (3) act: set up
 exactly ONE new candidate with select_reaction plus one of select_diffusion, refine_diffusion,
@@ -58,7 +66,8 @@ Good practice: compare reactions under one cheap diffusion first (e.g. laplacian
 the reaction with the lowest validation loss, then explore diffusion structures (per-node
 conductivity laplacian_nodewise, a graph network); refine (more capacity) when under-fitting,
 simplify or regularise when over-fitting, soften an unstable operator. Lower validation loss is
-better. Do not repeat a structure already in the archive. The session_id is filled in for you.
+better. Do not repeat a structure already in the archive: training a duplicate is refused.
+The session_id is filled in for you.
 """
 
 STEP_PROMPT = """\
@@ -69,6 +78,38 @@ Archive:
 {last}
 Set up the next candidate now (select_reaction + one diffusion operation), then reply with your
 reasoning and no tool call."""
+
+#: A later step's prompt: what is new since the last one (the rest is in the conversation).
+NEXT_STEP_PROMPT = """\
+Step {step} of {budget} ({left} left including this one).
+Result of step {previous}: {last}
+Archive: {count} candidates trained; best so far: {best}
+Set up the next candidate now (select_reaction + one diffusion operation), then reply with your
+reasoning and no tool call."""
+
+EMPTY_CORRECTION = (
+    "Your last reply was empty. Set up this step's candidate now: call select_reaction and one "
+    "diffusion operation (select_diffusion, refine_diffusion, simplify_diffusion or "
+    "modify_diffusion), then reply with your reasoning."
+)
+NO_CANDIDATE_CORRECTION = (
+    "No candidate is set up for this step yet{refused}. Call select_reaction and one diffusion "
+    "operation now (the tools, not text); the candidate is trained when you then reply without "
+    "a tool call."
+)
+DUPLICATE_CORRECTION = (
+    "Training was refused: {message}. Set up a structure that is not in the archive yet "
+    "(another reaction, template or hyper-parameters), then reply without a tool call."
+)
+
+#: The text of the server's refusal to train a structure the session already has.
+DUPLICATE_MARK = "duplicate of candidate"
+
+
+def is_duplicate_refusal(text: str) -> bool:
+    """Whether a refused training's error says the structure duplicates an earlier candidate."""
+    return DUPLICATE_MARK in (text or "")
+
 
 TEMPLATE_TOOL = ToolSpec(
     name="read_template_source",
@@ -81,39 +122,6 @@ TEMPLATE_TOOL = ToolSpec(
     },
     read_only=True,
 )
-
-# USD per million tokens: input, output, cache write, cache read (list prices).
-PRICES: dict[str, tuple[float, float, float, float]] = {
-    "claude-sonnet-4-5": (3.0, 15.0, 3.75, 0.30),
-    "claude-sonnet-4-0": (3.0, 15.0, 3.75, 0.30),
-    "claude-haiku-4-5": (1.0, 5.0, 1.25, 0.10),
-    "claude-opus-4-5": (5.0, 25.0, 6.25, 0.50),
-    "claude-opus-4-1": (15.0, 75.0, 18.75, 1.50),
-    "gpt-4o": (2.5, 10.0, 2.5, 1.25),
-    "gpt-4o-mini": (0.15, 0.6, 0.15, 0.075),
-    "gpt-4.1": (2.0, 8.0, 2.0, 0.5),
-    "gpt-4.1-mini": (0.4, 1.6, 0.4, 0.1),
-}
-
-
-def price_usage(usage: Usage) -> None:
-    """Set ``usage.cost_usd`` from the price table (left ``None`` for an unknown model)."""
-    price = PRICES.get(usage.model)
-    if price is None:
-        for name, value in PRICES.items():  # dated snapshots: claude-sonnet-4-5-20250929
-            if usage.model.startswith(name + "-"):
-                price = value
-                break
-    if price is None:
-        usage.cost_usd = None
-        return
-    fresh_input = max(usage.input_tokens - usage.cache_read_tokens - usage.cache_creation_tokens, 0)
-    usage.cost_usd = (
-        fresh_input * price[0]
-        + usage.output_tokens * price[1]
-        + usage.cache_creation_tokens * price[2]
-        + usage.cache_read_tokens * price[3]
-    ) / 1e6
 
 
 def _strip_session(schema: dict[str, Any]) -> dict[str, Any]:
@@ -191,52 +199,73 @@ class RetryPolicy:
 
 
 @dataclass
-class RequestedCall:
-    """A tool call as the model wrote it (``error`` when its arguments did not parse)."""
-
-    call_id: str
-    name: str
-    arguments: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-
-
-@dataclass
 class AssistantTurn:
-    """One model reply: text and tool calls."""
+    """One model reply as a provider parsed it: text and tool calls (calls whose arguments
+    could not be used carry ``error``)."""
 
     text: str
     calls: list[RequestedCall]
 
 
 class ChatBackend(Protocol):
-    """A provider's conversation, in its own wire format."""
+    """A provider: renders a conversation in its wire format and asks the model."""
 
     model: str
     usage: Usage
+    tools: list[ToolSpec]
 
-    def add_user(self, text: str) -> None: ...
-
-    async def complete(self) -> AssistantTurn: ...
-
-    def add_tool_results(self, results: list[tuple[RequestedCall, str, bool]]) -> None: ...
+    async def complete(self, conversation: Conversation) -> AssistantTurn: ...
 
     async def aclose(self) -> None: ...
+
+
+@dataclass
+class LoopCounts:
+    """What the loop had to repair or refuse in a run (reported in the summary)."""
+
+    empty_turns: int = 0
+    text_only_turns: int = 0
+    malformed_calls: int = 0
+    unknown_tools: int = 0
+    refused_actions: int = 0
+    duplicates_refused: int = 0
+    corrections: int = 0
+    steps_without_candidate: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """JSON form."""
+        return asdict(self)
 
 
 class LLMPolicy:
     """A policy whose thinking is an LLM's (any :class:`ChatBackend`)."""
 
-    def __init__(self, backend: ChatBackend, max_rounds: int = 8) -> None:
+    def __init__(self, backend: ChatBackend, max_rounds: int = 8, max_corrections: int = 2) -> None:
         self.backend = backend
         self.name = backend.model
         self.usage = backend.usage
         self.max_rounds = max_rounds
+        self.max_corrections = max_corrections
+        self.conversation = Conversation()
+        self.counts = LoopCounts()
         self.last_observation = ""
+        self.last_step = 0
 
     def _prompt(self, state: SearchState) -> str:
+        if self.last_step and self.last_observation:
+            best = state.best()
+            return NEXT_STEP_PROMPT.format(
+                step=state.step,
+                budget=state.budget,
+                left=state.steps_left,
+                previous=self.last_step,
+                last=self.last_observation,
+                count=len(state.trained()),
+                best=best.summary() if best else "none yet",
+            )
         last = (
             f"\nResult of the previous step: {self.last_observation}\n"
-            if (self.last_observation)
+            if self.last_observation
             else ""
         )
         return STEP_PROMPT.format(
@@ -251,15 +280,18 @@ class LLMPolicy:
         self, call: RequestedCall, state: SearchState, env: ToolEnv, allowed: set[str]
     ) -> tuple[str, bool, ToolCall | None]:
         if call.error:
+            if call.error.startswith("unknown tool"):
+                self.counts.unknown_tools += 1
+                return f"{call.error}; available: {', '.join(sorted(allowed))}", True, None
+            self.counts.malformed_calls += 1
             return (
-                (
-                    f"your tool call could not be used: {call.error}; "
-                    "send it again with valid JSON arguments"
-                ),
+                f"your tool call could not be used: {call.error}; "
+                "send it again with a JSON object of arguments",
                 True,
                 None,
             )
         if call.name not in allowed:
+            self.counts.unknown_tools += 1
             return (
                 f"unknown tool {call.name!r}; available: {', '.join(sorted(allowed))}",
                 True,
@@ -273,40 +305,75 @@ class LLMPolicy:
                 return f"cannot read template {template!r}: {exc}", True, None
             return source if isinstance(source, str) else source.decode(), False, None
         arguments = dict(call.arguments)
-        if (
-            call.name in ACTION_TOOLS
-            or call.name == "list_catalogs"
-            or (call.name == "query_archive")
-        ):
+        if call.name in ACTION_TOOLS or call.name in ("list_catalogs", "query_archive"):
             arguments["session_id"] = state.session_id
         result: ToolResult = await env.call(call.name, arguments)
         record = ToolCall(call.name, arguments, ok=result.ok, result=result.for_model(800))
+        if not result.ok and call.name in ACTION_TOOLS:
+            self.counts.refused_actions += 1
         return result.for_model(), not result.ok, record
 
-    async def next_action(self, state: SearchState, env: ToolEnv) -> Decision:
-        """Run the step's dialogue until the model stops calling tools."""
-        self.backend.add_user(self._prompt(state))
+    async def _complete(self, step: int) -> tuple[str, list[RequestedCall], bool]:
+        turn = await self.backend.complete(self.conversation)
+        price_usage(self.usage)
+        stored = self.conversation.add_model_turn(turn.text, turn.calls, step)
+        if stored.empty:
+            self.counts.empty_turns += 1
+        return ("" if stored.empty else stored.text), stored.calls, stored.empty
+
+    async def _dialogue(self, state: SearchState, env: ToolEnv) -> Decision:
+        """Ask until the model stops calling tools with a candidate set up (or the round and
+        correction limits are reached)."""
         allowed = {tool.name for tool in self.tools_for(env)}
         thoughts: list[str] = []
         calls: list[ToolCall] = []
-        for _ in range(self.max_rounds):
-            turn = await self.backend.complete()
-            price_usage(self.usage)
-            if turn.text.strip():
-                thoughts.append(turn.text.strip())
-            if not turn.calls:
+        corrections = 0
+        rounds = 0
+        while True:
+            text, requested, empty = await self._complete(state.step)
+            if text:
+                thoughts.append(text)
+            if requested:
+                outcomes = []
+                for call in requested:
+                    answer, is_error, record = await self._run_call(call, state, env, allowed)
+                    if record is not None and record.name in ACTION_TOOLS:
+                        calls.append(record)
+                    outcomes.append(ToolOutcome(call.call_id, answer, is_error))
+                self.conversation.add_tool_results(outcomes, state.step)
+                rounds += 1
+                if rounds >= self.max_rounds:
+                    thoughts.append(f"(stopped after {self.max_rounds} tool rounds)")
+                    break
+                continue
+            if any(c.ok for c in calls):
                 break
-            results = []
-            for call in turn.calls:
-                text, is_error, record = await self._run_call(call, state, env, allowed)
-                if record is not None and record.name in ACTION_TOOLS:
-                    calls.append(record)
-                results.append((call, text, is_error))
-            self.backend.add_tool_results(results)
-        else:
-            thoughts.append(f"(stopped after {self.max_rounds} tool rounds)")
+            if not empty:
+                self.counts.text_only_turns += 1
+            if corrections >= self.max_corrections:
+                self.counts.steps_without_candidate += 1
+                thoughts.append(f"(no candidate set up after {corrections} corrections)")
+                break
+            corrections += 1
+            self.counts.corrections += 1
+            refused = " (your calls were refused: read their errors)" if calls else ""
+            correction = EMPTY_CORRECTION if empty else NO_CANDIDATE_CORRECTION
+            self.conversation.add_user(correction.format(refused=refused), state.step)
         thought = "\n".join(thoughts) or "(no reasoning given)"
         return Decision(thought=thought, calls=calls)
+
+    async def next_action(self, state: SearchState, env: ToolEnv) -> Decision:
+        """Run the step's dialogue until the model has set up a candidate."""
+        self.conversation.compact(before_step=state.step)
+        self.conversation.add_user(self._prompt(state), state.step, step_start=True)
+        return await self._dialogue(state, env)
+
+    async def revise(self, state: SearchState, env: ToolEnv, refusal: str) -> Decision:
+        """The server refused to train the step's candidate as a duplicate: tell the model and
+        let it set up another one within the same step."""
+        self.counts.duplicates_refused += 1
+        self.conversation.add_user(DUPLICATE_CORRECTION.format(message=refusal), state.step)
+        return await self._dialogue(state, env)
 
     def tools_for(self, env: ToolEnv) -> list[ToolSpec]:
         """The tools offered to the model (the backend was built with the same list)."""
@@ -315,3 +382,4 @@ class LLMPolicy:
     def record_outcome(self, state: SearchState, decision: Decision, observation: str) -> None:
         """Remember the training result for the next step's prompt."""
         self.last_observation = observation
+        self.last_step = state.step

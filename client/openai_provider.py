@@ -1,5 +1,11 @@
 """OpenAI-compatible provider: chat completions with tools over ``httpx2`` (OpenAI, vLLM,
-Ollama, llama.cpp, ...). ``OPENAI_API_KEY`` is optional for local servers."""
+Ollama, llama.cpp, ...). ``OPENAI_API_KEY`` is optional for local servers.
+
+The conversation is rendered at each request: tool-call arguments are always re-serialised
+from the repaired JSON object (several OpenAI-compatible servers parse the history's arguments
+and refuse the request when one does not parse), an assistant message always has content or
+tool calls, and every tool call is answered by one ``tool`` message. OpenAI caches prompt
+prefixes by itself; the reply's ``cached_tokens`` are counted as cache reads."""
 
 from __future__ import annotations
 
@@ -10,18 +16,12 @@ from typing import Any
 import httpx2
 
 from .connection import ToolSpec
+from .conversation import Conversation, ModelTurn, RequestedCall
 from .errors import ConfigurationError, ProviderError
-from .llm import (
-    SYSTEM_PROMPT,
-    AssistantTurn,
-    RequestedCall,
-    RetryPolicy,
-    TemporaryError,
-    parse_retry_after,
-)
+from .llm import SYSTEM_PROMPT, AssistantTurn, RetryPolicy, TemporaryError, parse_retry_after
 from .policy import Usage
 
-__all__ = ["DEFAULT_OPENAI_BASE_URL", "OpenAIBackend", "convert_tools"]
+__all__ = ["DEFAULT_OPENAI_BASE_URL", "OpenAIBackend", "convert_tools", "render_messages"]
 
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 
@@ -39,6 +39,64 @@ def convert_tools(tools: list[ToolSpec]) -> list[dict[str, Any]]:
         }
         for t in tools
     ]
+
+
+def render_messages(conversation: Conversation, system_prompt: str) -> list[dict[str, Any]]:
+    """The conversation as chat-completions ``messages``."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}]
+    for turn in conversation.turns:
+        if isinstance(turn, ModelTurn):
+            message: dict[str, Any] = {"role": "assistant", "content": turn.text or None}
+            if turn.calls:
+                message["tool_calls"] = [
+                    {
+                        "id": c.call_id,
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
+                    }
+                    for c in turn.calls
+                ]
+            messages.append(message)
+            continue
+        messages += [
+            {
+                "role": "tool",
+                "tool_call_id": r.call_id,
+                # the wire format has no error flag: the text says it
+                "content": r.text
+                if not r.is_error or r.text.startswith("ERROR")
+                else f"ERROR: {r.text}",
+            }
+            for r in turn.results
+        ]
+        if turn.text:
+            messages.append({"role": "user", "content": turn.text})
+    return messages
+
+
+def parse_calls(raw_calls: list[Any]) -> list[RequestedCall]:
+    """A reply's ``tool_calls``; arguments that are not a JSON object become the call's error."""
+    calls = []
+    for index, raw in enumerate(raw_calls):
+        raw = raw if isinstance(raw, dict) else {}
+        function = raw.get("function") if isinstance(raw.get("function"), dict) else {}
+        call_id = str(raw.get("id") or f"call_{index}")
+        name = str(function.get("name") or "")
+        arguments = function.get("arguments")
+        if isinstance(arguments, dict):
+            calls.append(RequestedCall(call_id, name, arguments))
+            continue
+        try:
+            parsed = json.loads(arguments or "{}") if isinstance(arguments, str) else arguments
+        except json.JSONDecodeError as exc:
+            error = f"arguments are not valid JSON ({exc.msg} at position {exc.pos})"
+            calls.append(RequestedCall(call_id, name, error=error))
+            continue
+        if not isinstance(parsed, dict):
+            calls.append(RequestedCall(call_id, name, error="arguments must be a JSON object"))
+        else:
+            calls.append(RequestedCall(call_id, name, parsed))
+    return calls
 
 
 class OpenAIBackend:
@@ -73,23 +131,15 @@ class OpenAIBackend:
         self.tools = tools
         self.usage = Usage(model=self.model)
         self.retry = retry or RetryPolicy()
-        self.messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}]
+        self.system_prompt = system_prompt
         self._tools = convert_tools(tools)
+        self.request_log: list[dict[str, int]] = []  # tokens of each request, in order
 
-    def add_user(self, text: str) -> None:
-        """A user turn (the step's observation)."""
-        self.messages.append({"role": "user", "content": text})
-
-    def add_tool_results(self, results: list[tuple[RequestedCall, str, bool]]) -> None:
-        """One ``tool`` message per call (errors are prefixed by the caller)."""
-        for call, text, _ in results:
-            self.messages.append({"role": "tool", "tool_call_id": call.call_id, "content": text})
-
-    async def _request(self) -> dict[str, Any]:
+    async def _request(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
         url = f"{self.base_url}/chat/completions"
         body = {
             "model": self.model,
-            "messages": self.messages,
+            "messages": messages,
             "tools": self._tools,
             "tool_choice": "auto",
         }
@@ -109,6 +159,12 @@ class OpenAIBackend:
                 f"the endpoint {self.base_url} rejected the API key (HTTP "
                 f"{response.status_code}): set OPENAI_API_KEY"
             )
+        if response.status_code == 404:
+            hint = "" if self.base_url.endswith("/v1") else f" (did you mean {self.base_url}/v1?)"
+            raise ProviderError(
+                f"the endpoint {self.base_url} has no chat completions API or no model "
+                f"{self.model!r} (HTTP 404){hint}: {response.text[:300]}"
+            )
         if response.status_code >= 400:
             raise ProviderError(
                 f"the endpoint {self.base_url} refused the request (HTTP "
@@ -119,53 +175,29 @@ class OpenAIBackend:
         except ValueError as exc:
             raise TemporaryError(f"the endpoint answered non-JSON: {response.text[:200]}") from exc
 
-    async def complete(self) -> AssistantTurn:
+    async def complete(self, conversation: Conversation) -> AssistantTurn:
         """Ask the model (retrying rate limits, server errors and connection failures)."""
-        data = await self.retry.run(self._request, self.usage, f"LLM endpoint {self.base_url}")
+        messages = render_messages(conversation, self.system_prompt)
+        data = await self.retry.run(
+            lambda: self._request(messages), self.usage, f"LLM endpoint {self.base_url}"
+        )
         self.usage.requests += 1
         usage = data.get("usage") or {}
-        self.usage.input_tokens += int(usage.get("prompt_tokens") or 0)
-        self.usage.output_tokens += int(usage.get("completion_tokens") or 0)
+        prompt = int(usage.get("prompt_tokens") or 0)
         details = usage.get("prompt_tokens_details") or {}
-        self.usage.cache_read_tokens += int(details.get("cached_tokens") or 0)
+        cached = int(details.get("cached_tokens") or 0)
+        self.usage.input_tokens += prompt
+        self.usage.output_tokens += int(usage.get("completion_tokens") or 0)
+        self.usage.cache_read_tokens += cached
+        self.request_log.append({"input": prompt - cached, "cache_write": 0, "cache_read": cached})
         choices = data.get("choices") or []
         if not choices:
             raise ProviderError(f"the endpoint returned no choices: {str(data)[:300]}")
         message = choices[0].get("message") or {}
         text = message.get("content") or ""
-        raw_calls = message.get("tool_calls") or []
-        self.messages.append(
-            {
-                "role": "assistant",
-                "content": text or None,
-                **({"tool_calls": raw_calls} if raw_calls else {}),
-            }
-        )
-        calls = []
-        for index, raw in enumerate(raw_calls):
-            function = raw.get("function") or {}
-            call_id = str(raw.get("id") or f"call_{index}")
-            name = str(function.get("name") or "")
-            arguments = function.get("arguments")
-            if isinstance(arguments, dict):
-                calls.append(RequestedCall(call_id, name, arguments))
-                continue
-            try:
-                parsed = json.loads(arguments or "{}")
-            except json.JSONDecodeError as exc:
-                calls.append(
-                    RequestedCall(
-                        call_id,
-                        name,
-                        error=f"arguments are not valid JSON ({exc.msg} at position {exc.pos})",
-                    )
-                )
-                continue
-            if not isinstance(parsed, dict):
-                calls.append(RequestedCall(call_id, name, error="arguments must be a JSON object"))
-            else:
-                calls.append(RequestedCall(call_id, name, parsed))
-        return AssistantTurn(text, calls)
+        if not isinstance(text, str):  # content parts
+            text = " ".join(str(p.get("text", "")) for p in text if isinstance(p, dict))
+        return AssistantTurn(text, parse_calls(message.get("tool_calls") or []))
 
     async def aclose(self) -> None:
         """Close the HTTP client."""

@@ -25,6 +25,14 @@ def _loss(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, int | float) else "-"
 
 
+def _cost(usage: Any) -> str:
+    if usage.cost_usd is not None:
+        return f"${usage.cost_usd:.4f} at list prices"
+    if usage.requests == 0:
+        return "none (no LLM)"
+    return f"unknown (no list price for {usage.model})"
+
+
 def plot_validation_per_step(result: RunResult, path: Path) -> Path | None:
     """Validation loss of each step's candidate, with the running best."""
     import matplotlib
@@ -247,8 +255,14 @@ def _markdown(
         f"- model: {usage.model}; requests {usage.requests}, retries {usage.retries}",
         f"- input tokens {usage.input_tokens} (cache writes {usage.cache_creation_tokens}, "
         f"cache reads {usage.cache_read_tokens}), output tokens {usage.output_tokens}",
-        f"- cost: {f'${usage.cost_usd:.4f}' if usage.cost_usd is not None else 'n/a'}",
+        f"- cost: {_cost(usage)}",
     ]
+    repairs = {k: v for k, v in result.repairs.items() if v}
+    if repairs:
+        lines.append(
+            "- repaired or refused: "
+            + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in repairs.items())
+        )
     if result.notes:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in result.notes]
     return "\n".join(lines) + "\n"

@@ -14,6 +14,7 @@ import pytest
 from leads_agent.anthropic_provider import AnthropicBackend
 from leads_agent.cli import main
 from leads_agent.connection import ToolResult, ToolSpec
+from leads_agent.conversation import Conversation
 from leads_agent.errors import ConfigurationError, ProviderError
 from leads_agent.llm import LLMPolicy, RetryPolicy, agent_tools, price_usage
 from leads_agent.openai_provider import OpenAIBackend
@@ -86,6 +87,12 @@ def search_state() -> SearchState:
 
 async def no_sleep(_: float) -> None:
     return None
+
+
+def hello() -> Conversation:
+    conversation = Conversation()
+    conversation.add_user("hello", step=1, step_start=True)
+    return conversation
 
 
 def tools() -> list[ToolSpec]:
@@ -193,9 +200,18 @@ def test_anthropic_tool_use_dialogue():
 
     assert len(requests) == 4
     first = requests[0]
+    # the system prompt's breakpoint caches the tools before it; the latest turn carries one
     assert first["system"][0]["cache_control"] == {"type": "ephemeral"}
-    assert first["tools"][-1]["cache_control"] == {"type": "ephemeral"}
-    assert all("cache_control" not in t for t in first["tools"][:-1])
+    assert all("cache_control" not in t for t in first["tools"])
+    assert first["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
+    for request in requests:
+        marks = [
+            block
+            for message in request["messages"]
+            for block in message["content"]
+            if "cache_control" in block
+        ]
+        assert 1 <= len(marks) <= 3  # with the system prompt's: at most 4, the API's limit
     # the refusal went back as an error tool result, and the model corrected itself
     results = requests[2]["messages"][-1]["content"]
     refused = next(r for r in results if r["tool_use_id"] == "t2")
@@ -252,9 +268,8 @@ def test_anthropic_rejected_key_is_reported():
         retry=RetryPolicy(sleep=no_sleep),
         http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(handler)),
     )
-    backend.add_user("hello")
     with pytest.raises(ConfigurationError, match="rejected the API key"):
-        asyncio.run(backend.complete())
+        asyncio.run(backend.complete(hello()))
 
 
 # ---------------------------------------------------------------------------- OpenAI
@@ -375,11 +390,10 @@ def test_openai_unreachable_endpoint_is_a_clear_error():
         api_key="",
         retry=RetryPolicy(attempts=2, sleep=no_sleep),
     )
-    backend.add_user("hello")
     with pytest.raises(
         ProviderError, match="cannot reach the LLM endpoint at http://127.0.0.1:9/v1"
     ):
-        asyncio.run(backend.complete())
+        asyncio.run(backend.complete(hello()))
     assert backend.usage.retries == 1
 
 
@@ -393,11 +407,112 @@ def test_openai_needs_a_model_and_a_key_for_the_public_api(monkeypatch: pytest.M
     assert "OPENAI_API_KEY" in capsys.readouterr().err
 
 
-def test_price_table_handles_dated_snapshots():
+#: The models the README lists, with their list prices (USD per million input/output tokens).
+README_MODELS = {
+    "claude-opus-4-6": (5.0, 25.0),
+    "claude-opus-4-5": (5.0, 25.0),
+    "claude-opus-4-1": (15.0, 75.0),
+    "claude-opus-4-0": (15.0, 75.0),
+    "claude-sonnet-4-6": (3.0, 15.0),
+    "claude-sonnet-4-5": (3.0, 15.0),
+    "claude-sonnet-4-0": (3.0, 15.0),
+    "claude-3-7-sonnet": (3.0, 15.0),
+    "claude-haiku-4-5": (1.0, 5.0),
+    "claude-3-5-haiku": (0.8, 4.0),
+    "claude-3-haiku": (0.25, 1.25),
+    "gpt-5": (1.25, 10.0),
+    "gpt-5-mini": (0.25, 2.0),
+    "gpt-5-nano": (0.05, 0.4),
+    "gpt-4.1": (2.0, 8.0),
+    "gpt-4.1-mini": (0.4, 1.6),
+    "gpt-4.1-nano": (0.1, 0.4),
+    "gpt-4o": (2.5, 10.0),
+    "gpt-4o-mini": (0.15, 0.6),
+    "o3": (2.0, 8.0),
+    "o4-mini": (1.1, 4.4),
+}
+
+
+def cost_of(model: str, **tokens: int) -> float | None:
     from leads_agent.policy import Usage
 
-    usage = Usage(
-        model="claude-sonnet-4-5-20250929", input_tokens=1_000_000, output_tokens=1_000_000
-    )
+    usage = Usage(model=model, **tokens)
     price_usage(usage)
-    assert usage.cost_usd == pytest.approx(18.0)
+    return usage.cost_usd
+
+
+@pytest.mark.parametrize("model", sorted(README_MODELS))
+def test_every_listed_model_is_priced(model: str):
+    price_in, price_out = README_MODELS[model]
+    cost = cost_of(model, input_tokens=1_000_000, output_tokens=1_000_000)
+    assert cost == pytest.approx(price_in + price_out)
+
+
+@pytest.mark.parametrize(
+    ("model", "family"),
+    [
+        ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5"),
+        ("claude-sonnet-4-20250514", "claude-sonnet-4-0"),
+        ("claude-opus-4-20250514", "claude-opus-4-0"),
+        ("claude-opus-4-1-20250805", "claude-opus-4-1"),
+        ("claude-haiku-4-5-20251001", "claude-haiku-4-5"),
+        ("claude-3-5-haiku-20241022", "claude-3-5-haiku"),
+        ("claude-3-5-haiku-latest", "claude-3-5-haiku"),
+        ("claude-3-7-sonnet-20250219", "claude-3-7-sonnet"),
+        ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),
+        ("gpt-4o-2024-08-06", "gpt-4o"),
+        ("gpt-4.1-mini-2025-04-14", "gpt-4.1-mini"),
+        ("gpt-4.1-2025-04-14", "gpt-4.1"),
+        ("gpt-5-mini-2025-08-07", "gpt-5-mini"),
+    ],
+)
+def test_dated_names_are_priced_exactly_as_their_family(model: str, family: str):
+    from leads_agent.prices import resolve_model
+
+    assert resolve_model(model) == family
+    tokens = {"input_tokens": 2_000_000, "output_tokens": 300_000, "cache_read_tokens": 500_000}
+    assert cost_of(model, **tokens) == pytest.approx(cost_of(family, **tokens))
+
+
+def test_a_mini_snapshot_is_never_priced_as_its_larger_sibling():
+    """The bug that priced ``gpt-4o-mini-2024-07-18`` as ``gpt-4o`` (16.7x too high)."""
+    mini = cost_of("gpt-4o-mini-2024-07-18", input_tokens=1_000_000, output_tokens=1_000_000)
+    assert mini == pytest.approx(0.15 + 0.6)
+    # a snapshot priced differently from its family keeps its own price
+    assert cost_of("gpt-4o-2024-05-13", input_tokens=1_000_000) == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["gpt-4o-turbo", "claude-sonnet-4-7", "gpt-4", "claude-sonnet", "local-model", "gpt-4o-mini-x"],
+)
+def test_unknown_models_have_no_price(model: str):
+    from leads_agent.prices import resolve_model
+
+    assert resolve_model(model) is None
+    assert cost_of(model, input_tokens=1000, output_tokens=1000) is None
+
+
+def test_cache_tokens_are_priced_at_their_rates():
+    # Anthropic: writes 1.25x, reads 0.1x the input price; fresh input is the rest
+    cost = cost_of(
+        "claude-sonnet-4-6",
+        input_tokens=1_000_000,
+        cache_creation_tokens=200_000,
+        cache_read_tokens=700_000,
+        output_tokens=10_000,
+    )
+    assert cost == pytest.approx((100_000 * 3 + 200_000 * 3.75 + 700_000 * 0.3 + 10_000 * 15) / 1e6)
+
+
+def test_an_unknown_price_is_reported_as_unknown(tmp_path):
+    from leads_agent.agent import RunResult
+    from leads_agent.policy import Usage
+    from leads_agent.report import _markdown
+
+    usage = Usage(model="my-local-model", input_tokens=1000, output_tokens=10, requests=1)
+    price_usage(usage)
+    result = RunResult("s-1", {}, True, [], [], None, None, None, {}, usage, 1.0, True)
+    text = _markdown(result, {}, None, None)
+    assert "- cost: unknown (no list price for my-local-model)" in text
+    assert result.summary()["usage"]["cost_usd"] is None
