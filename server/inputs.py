@@ -183,15 +183,40 @@ class SimplifyDiffusion(ToolInput):
 
 
 class TrainCandidate(ToolInput):
-    """Train the draft candidate (uses one unit of the search budget; reports progress per
-    epoch). Missing parts of the draft come from its parent or the session's latest
-    candidate. Returns the curves, best validation loss and a diagnosis."""
+    """Train the draft candidate (uses one unit of the search budget; reports progress after
+    every batch). Missing parts of the draft come from its parent or the session's latest
+    candidate. Returns the curves, best validation loss and a diagnosis; with wait=false it
+    answers at once with the candidate id (status 'training'): then poll wait_candidate."""
 
     session_id: SessionId
     epochs: Annotated[
         int | None,
         Field(ge=1, le=100, description="override the session's epochs per candidate"),
     ] = None
+    wait: Annotated[
+        bool,
+        Field(
+            description="true: answer when the training ends; false: answer at once and train "
+            "in the background (for hosts whose requests time out)"
+        ),
+    ] = True
+
+
+class WaitCandidate(ToolInput):
+    """Wait (at most timeout_s) for a training started with train_candidate(wait=false);
+    returns its result when it ends, else its progress so far: call again until done."""
+
+    candidate_id: CandidateId
+    timeout_s: Annotated[
+        float, Field(ge=0, le=55, description="seconds to wait at most (under a host's timeout)")
+    ] = 45.0
+
+
+class CancelCandidate(ToolInput):
+    """Stop a training started with train_candidate(wait=false): its worker is killed, the
+    candidate ends 'cancelled' and its unit of budget is given back."""
+
+    candidate_id: CandidateId
 
 
 class QueryArchive(ToolInput):
@@ -257,6 +282,8 @@ TOOL_INPUTS: dict[str, type[ToolInput]] = {
     "simplify_diffusion": SimplifyDiffusion,
     "train_candidate": TrainCandidate,
     "query_archive": QueryArchive,
+    "wait_candidate": WaitCandidate,
+    "cancel_candidate": CancelCandidate,
     "get_candidate": GetCandidate,
     "finetune_candidate": FinetuneCandidate,
     "evaluate_candidate": EvaluateCandidate,

@@ -113,7 +113,9 @@ class TrainingResult(_Output):
 
     candidate_id: str
     session_id: str
-    status: Literal["ok", "unstable", "failed", "cancelled"]
+    status: Literal["ok", "unstable", "failed", "cancelled", "training"] = Field(
+        description="training: started with wait=false, still running (see wait_candidate)"
+    )
     operation: str
     parent_id: str | None
     reaction: str
@@ -220,3 +222,16 @@ class StepRecorded(_Output):
 
     session_id: str
     step: int = Field(description="the step's number within the session")
+
+
+class CandidateProgress(_Output):
+    """Where a candidate's training stands (wait_candidate, cancel_candidate)."""
+
+    candidate_id: str
+    status: str = Field(description="training, or the final status (ok, unstable, failed, ...)")
+    done: bool = Field(description="whether the training has ended")
+    fraction: float = Field(description="share of the epochs done (0-1)")
+    message: str = Field(description="the last progress message, or the outcome")
+    result: TrainingResult | None = Field(
+        default=None, description="the full training result once done (this server's trainings)"
+    )

@@ -180,7 +180,8 @@ class Sessions:
             aliases=ReactionAliases(aliases),
             batch_size=config.get("batch_size"),
             steps_used=sum(
-                c.operation in SEARCH_OPERATIONS and c.status != "refused" for c in candidates
+                c.operation in SEARCH_OPERATIONS and c.status not in ("refused", "cancelled")
+                for c in candidates
             ),
             last_candidate_id=next(
                 (c.candidate_id for c in reversed(candidates) if c.status != "refused"),
