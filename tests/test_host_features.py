@@ -215,3 +215,43 @@ async def test_candidates_come_with_their_figures_as_images(client: Client) -> N
     assert len(figures) == 2 and all(f.startswith(PNG) for f in figures)
     after = _images(await client.call_tool("get_candidate", {"candidate_id": candidate_id}))
     assert after == figures  # activation map and curves, as evaluate_candidate wrote them
+
+
+async def test_a_draft_survives_the_server_process(home: Path) -> None:
+    """One server per call, as a host's CLI does it: select, select, then train elsewhere."""
+    from leads_server.app import build_server
+
+    def fresh() -> LeadsServer:
+        return build_server(home / "archive.duckdb", compile_training=False)
+
+    server = fresh()
+    async with Client(server) as client:
+        session_id = await start(client, anonymise=True)
+        reactions = (await call(client, "list_catalogs", session_id=session_id))["reactions"]
+        alias = reactions[0]["name"]
+    server.close()
+    for arguments in (
+        {"tool": "select_reaction", "reaction": alias},
+        {"tool": "select_diffusion", "template": "laplacian_global"},
+    ):
+        server = fresh()
+        async with Client(server) as client:
+            tool = arguments.pop("tool")
+            await call(client, tool, session_id=session_id, **arguments)
+        server.close()
+    server = fresh()
+    try:
+        async with Client(server) as client:
+            rows = await call(
+                client, "query_archive", sql="SELECT draft FROM drafts", session_id=session_id
+            )
+            assert alias in rows["rows"][0][0] and "aliev" not in rows["rows"][0][0]
+            trained, _ = await train(client, session_id)
+            assert trained["status"] == "ok" and trained["reaction"] == alias
+            assert trained["diffusion"] == "laplacian_global"
+            left = await call(
+                client, "query_archive", sql="SELECT count(*) FROM drafts", session_id=session_id
+            )
+            assert left["rows"] == [[0]]  # training took the draft
+    finally:
+        server.close()
