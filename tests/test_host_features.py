@@ -255,3 +255,25 @@ async def test_a_draft_survives_the_server_process(home: Path) -> None:
             assert left["rows"] == [[0]]  # training took the draft
     finally:
         server.close()
+
+
+async def test_a_second_server_on_a_busy_archive_tells_the_host_why(
+    home: Path, server: LeadsServer
+) -> None:
+    """The ``server`` fixture holds the archive; a stdio server on it answers with the reason."""
+    import sys
+
+    from mcp import StdioServerParameters
+
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "leads_server.cli", "--no-compile"],
+        env={"LEADS_HOME": str(home)},
+    )
+    async with Client(params) as client:
+        tools = (await client.list_tools()).tools
+        assert [tool.name for tool in tools] == ["archive_busy"]
+        result = await client.call_tool("archive_busy", {})
+        text = result.content[0].text
+        assert result.is_error and "in use by process" in text
+        assert "--archive" in text and "--transport http" in text
