@@ -153,6 +153,18 @@ class QueryResult(_Output):
         "in all]') and how to narrow the query; None when nothing was",
     )
 
+    def _repr_html_(self) -> str:
+        """The rows as an HTML table (how a notebook shows the result)."""
+        from html import escape
+
+        head = "".join(f"<th>{escape(str(c))}</th>" for c in self.columns)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in row) + "</tr>"
+            for row in self.rows
+        )
+        note = f"<p>{escape(self.notice)}</p>" if self.notice else ""
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
+
 
 class CandidateRecord(BaseModel):
     """An archived candidate with its epochs and evaluations (no weights)."""
