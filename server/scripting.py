@@ -14,7 +14,8 @@ over stdio or over streamable HTTP, and returns the pydantic result models.
             trained = await tools.train_candidate(session.session_id)
             print(trained.best_val_loss, trained.diagnosis)
 
-    anyio.run(main)
+    if __name__ == "__main__":  # training workers re-import the main module
+        anyio.run(main)
 
 Every call goes through MCP (the same tools a host or ``leads-agent`` sees); a refused call
 raises :class:`ToolCallError` with the server's message. In a notebook, a

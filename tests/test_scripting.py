@@ -109,3 +109,24 @@ def test_the_examples_run_as_written(home: Path, example: str, expected: str) ->
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert expected in run.stdout
+
+
+def test_the_documented_snippet_runs_as_written(home: Path) -> None:
+    """The code block of ``leads_server.scripting``'s docstring (the README's scripting
+    section), on the tiny set instead of the full-size benchmark."""
+    import leads_server.scripting as scripting
+
+    doc = scripting.__doc__ or ""
+    block = doc.split(".. code-block:: python", 1)[1].split("\n\n", 1)[1]
+    code = "\n".join(line[4:] for line in block.split("Every call goes through")[0].splitlines())
+    assert 'dataset="ap"' in code
+    run = subprocess.run(
+        [sys.executable, "-c", code.replace('dataset="ap"', 'dataset="tiny"')],
+        env={**os.environ, "LEADS_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    loss, diagnosis = run.stdout.strip().split(" ", 1)
+    assert float(loss) > 0 and diagnosis
