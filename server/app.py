@@ -68,7 +68,11 @@ APPEND = ToolAnnotations(
 STOP = ToolAnnotations(
     read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
 )
-#: title and annotations of each tool (draft edits append a step row: not idempotent)
+FILE = ToolAnnotations(
+    read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+)
+#: title and annotations of each tool (draft edits append a step row: not idempotent; the data
+#: set tools write a file once: a second call changes nothing)
 TOOLS: dict[str, tuple[str, ToolAnnotations]] = {
     "list_catalogs": ("List reactions and diffusion templates", READ_ONLY),
     "start_session": ("Start a discovery session", APPEND),
@@ -85,6 +89,9 @@ TOOLS: dict[str, tuple[str, ToolAnnotations]] = {
     "finetune_candidate": ("Fine-tune a candidate", APPEND),
     "evaluate_candidate": ("Evaluate a candidate", APPEND),
     "record_step": ("Record a reasoning step", APPEND),
+    "list_datasets": ("List data sets", READ_ONLY),
+    "generate_dataset": ("Generate a benchmark data set", FILE),
+    "import_recording": ("Import a recording", FILE),
 }
 #: tools whose answer carries the candidate's figures as images
 PICTURE_TOOLS = ("get_candidate", "evaluate_candidate")

@@ -1,5 +1,6 @@
 """The tools that serve hosts besides the discovery service's own: training without holding the
-request open (``train_candidate(wait=false)``, ``wait_candidate``, ``cancel_candidate``).
+request open (``train_candidate(wait=false)``, ``wait_candidate``, ``cancel_candidate``) and the
+data set tools (:mod:`leads_server.datasets`).
 
 :class:`HostTools` takes the same input models as :class:`~leads_server.service.DiscoveryService`
 and is consulted first by the MCP layer; what it does not define is the service's.
@@ -8,6 +9,7 @@ and is consulted first by the MCP layer; what it does not define is the service'
 from __future__ import annotations
 
 from .background import BackgroundTrainings
+from .datasets import DatasetTools
 from .inputs import CancelCandidate, TrainCandidate, WaitCandidate
 from .models import CandidateProgress, TrainingResult
 from .service import DiscoveryService
@@ -20,6 +22,10 @@ class HostTools:
     def __init__(self, service: DiscoveryService) -> None:
         self.service = service
         self.background = BackgroundTrainings(service)
+        datasets = DatasetTools(service)
+        self.list_datasets = datasets.list_datasets
+        self.generate_dataset = datasets.generate_dataset
+        self.import_recording = datasets.import_recording
 
     async def train_candidate(
         self, request: TrainCandidate, progress: ProgressCallback | None = None

@@ -219,6 +219,57 @@ class CancelCandidate(ToolInput):
     candidate_id: CandidateId
 
 
+class ListDatasets(ToolInput):
+    """List the data sets a session can start on: the benchmarks (generated on first use) and
+    the sets saved under $LEADS_HOME/datasets, with their size (no names of anonymised
+    sessions' data sets)."""
+
+
+DatasetName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="name of the data set file under $LEADS_HOME/datasets (letters, digits, "
+        "'_', '.', '-')",
+    ),
+]
+
+
+class GenerateDataset(ToolInput):
+    """Generate a benchmark data set (simulated with the benchmark's ionic model; minutes for
+    the full size, with progress) and save it under $LEADS_HOME/datasets."""
+
+    benchmark: Annotated[
+        Literal["ap", "rm", "ms", "fhn", "fk"], Field(description="which benchmark to generate")
+    ] = "ap"
+
+
+ArrayPath = Annotated[str, Field(min_length=1, max_length=1000, description="a .npy file")]
+
+
+class ImportRecording(ToolInput):
+    """Import measured electrograms as a data set (saved under $LEADS_HOME/datasets/{name}):
+    a mesh, signals [samples, frames, electrodes], frame times in ms, and exactly one of a lead
+    field, electrode positions or contact nodes."""
+
+    name: DatasetName
+    mesh: Annotated[str, Field(min_length=1, max_length=1000, description="mesh file (meshio)")]
+    signals: ArrayPath
+    times: ArrayPath
+    lead_field: Annotated[str | None, Field(description="H [electrodes, nodes] (.npy)")] = None
+    electrodes: Annotated[
+        str | None, Field(description="electrode positions [electrodes, 3] in mm (.npy)")
+    ] = None
+    contact_nodes: Annotated[
+        str | None, Field(description="node index of each electrode [electrodes] (.npy)")
+    ] = None
+    pacing_sites: Annotated[
+        str | None, Field(description="pacing node of each sample [samples] (.npy)")
+    ] = None
+
+
 class QueryArchive(ToolInput):
     """Run one read-only SELECT on the archive (tables: sessions, candidates, epochs, steps,
     evaluations); no file or network access, 5 s time limit."""
@@ -288,4 +339,7 @@ TOOL_INPUTS: dict[str, type[ToolInput]] = {
     "finetune_candidate": FinetuneCandidate,
     "evaluate_candidate": EvaluateCandidate,
     "record_step": RecordStep,
+    "list_datasets": ListDatasets,
+    "generate_dataset": GenerateDataset,
+    "import_recording": ImportRecording,
 }

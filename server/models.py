@@ -247,3 +247,23 @@ class CandidateProgress(_Output):
     result: TrainingResult | None = Field(
         default=None, description="the full training result once done (this server's trainings)"
     )
+
+
+class DatasetEntry(_Output):
+    """A data set a session can start on."""
+
+    name: str = Field(description="what start_session(dataset=...) takes")
+    kind: Literal["benchmark", "simulated", "recording"]
+    saved: bool = Field(description="whether the file exists (a benchmark is generated if not)")
+    summary: dict[str, Any] = Field(
+        description="shape and sampling: samples, split, frames, nodes, ... (saved sets only)"
+    )
+
+
+class DatasetList(_Output):
+    """The data sets of $LEADS_HOME/datasets and the benchmarks."""
+
+    datasets: list[DatasetEntry]
+    notice: str | None = Field(
+        default=None, description="what is not listed (data sets of anonymised sessions)"
+    )

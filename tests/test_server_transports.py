@@ -100,7 +100,7 @@ async def test_http_needs_token_and_a_local_host(http_server: tuple[str, str]) -
         one, two = await session(first), await session(second)
         assert one != two
         tools = await first.list_tools()
-        assert len(tools.tools) == 15
+        assert len(tools.tools) == 18
 
 
 async def test_sigkill_during_training_keeps_the_archive(home: Path, tmp_path: Path) -> None:

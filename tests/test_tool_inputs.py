@@ -56,6 +56,18 @@ ARGUMENTS = {
         "action": REQUIRED,
         "observation": "",
     },
+    "list_datasets": {},
+    "generate_dataset": {"benchmark": "ap"},
+    "import_recording": {
+        "name": REQUIRED,
+        "mesh": REQUIRED,
+        "signals": REQUIRED,
+        "times": REQUIRED,
+        "lead_field": None,
+        "electrodes": None,
+        "contact_nodes": None,
+        "pacing_sites": None,
+    },
 }
 
 
@@ -70,10 +82,16 @@ async def test_tools_publish_schemas_and_honest_annotations(client: Client) -> N
         assert tool.annotations.open_world_hint is False
         assert tool.title, tool.name
     read_only = {name for name, tool in tools.items() if tool.annotations.read_only_hint}
-    assert read_only == {"list_catalogs", "query_archive", "get_candidate", "wait_candidate"}
+    assert read_only == {
+        "list_catalogs",
+        "query_archive",
+        "get_candidate",
+        "wait_candidate",
+        "list_datasets",
+    }
     # every tool that is not read-only appends a step or candidate row: not idempotent
     idempotent = {name for name, tool in tools.items() if tool.annotations.idempotent_hint}
-    assert idempotent == read_only | {"cancel_candidate"}
+    assert idempotent == read_only | {"cancel_candidate", "generate_dataset", "import_recording"}
     budget = tools["start_session"].input_schema["properties"]["budget"]
     assert budget["minimum"] == 1 and budget["default"] == 15
     templates = await client.list_resource_templates()
