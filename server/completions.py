@@ -3,7 +3,8 @@
 Values are chosen by the argument's name: diffusion template names (``name``, ``template``),
 the session's reaction names (``reaction``: its aliases when anonymised, and ``neural``),
 session ids, candidate ids (of the session named in the context's arguments, else of every
-session), data set names (the benchmark names and the sets saved under ``$LEADS_HOME``) and
+session), data set names (the benchmark names and the sets saved under ``$LEADS_HOME``, never
+those of anonymised sessions) and
 budgets. The partial value filters by prefix; at most :data:`MAX_VALUES` are returned (the spec's
 limit), with ``total`` and ``hasMore`` telling how many matched. Unknown references get an
 empty list, as the spec allows.
@@ -12,6 +13,7 @@ empty list, as the spec allows.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import mcp_types as types
 from mcp.server.mcpserver import MCPServer
@@ -37,11 +39,13 @@ def _completion(values: Iterable[str], prefix: str) -> types.Completion:
     )
 
 
-def dataset_names() -> list[str]:
-    """Benchmark names and the data sets saved under ``$LEADS_HOME/datasets``."""
+def dataset_names(hidden: set[Path]) -> list[str]:
+    """Benchmark names and the data sets saved under ``$LEADS_HOME/datasets``, except the
+    files in ``hidden`` (the data sets of anonymised sessions)."""
     folder = datasets_dir()
     saved = [path.stem for path in folder.glob("*.npz")] if folder.is_dir() else []
-    return [*BENCHMARKS, *saved]
+    names = dict.fromkeys([*BENCHMARKS, *saved])
+    return [name for name in names if (folder / f"{name}.npz").resolve() not in hidden]
 
 
 class Completions:
@@ -80,7 +84,9 @@ class Completions:
         if argument in CANDIDATE_ARGUMENTS:
             return self.candidate_ids(session_id)
         if argument == "dataset":
-            return dataset_names()
+            from .datasets import DatasetTools
+
+            return dataset_names(DatasetTools(self.service).hidden_paths())
         if argument == "budget":
             return list(BUDGETS)
         return []

@@ -43,6 +43,8 @@ async def test_sessions_candidates_and_data_sets_complete(client: Client) -> Non
     assert await _values(client, EXPLAIN, "candidate_id", "c-", {"session_id": other}) == []
     datasets = await _values(client, DISCOVER, "dataset", "")
     assert {"ap", "rm", "tiny"} <= set(datasets)
+    await start(client, anonymise=True)  # its data set's name is what it hides
+    assert "tiny" not in await _values(client, DISCOVER, "dataset", "")
 
 
 async def test_reaction_names_are_the_sessions_own(client: Client) -> None:
