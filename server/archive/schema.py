@@ -137,7 +137,8 @@ CASE
         THEN 'running'
     WHEN (SELECT count(*) FROM candidates c
           WHERE c.session_id = sessions.session_id
-            AND c.operation IN ({_in_list(SEARCH_OPERATIONS)}) AND c.status <> 'refused')
+            AND c.operation IN ({_in_list(SEARCH_OPERATIONS)})
+            AND c.status NOT IN ('refused', 'cancelled'))
          >= coalesce(sessions.budget, 0)
         THEN 'finished'
     ELSE 'running'
