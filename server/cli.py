@@ -212,7 +212,15 @@ def main(argv: list[str] | None = None) -> int:
             job_limits=limits,
         )
     except ArchiveError as exc:
-        print(f"leads-server: {exc}", file=sys.stderr)
+        from .busy import busy_message, busy_server, is_busy
+
+        if not is_busy(str(exc)):
+            print(f"leads-server: {exc}", file=sys.stderr)
+            return 2
+        message = busy_message(args.archive, str(exc))
+        print(f"leads-server: {message}", file=sys.stderr, flush=True)
+        if args.transport == "stdio":  # the host sees the reason, not "Connection closed"
+            anyio.run(busy_server(message).run_stdio_async)
         return 2
     server.service.pool.warm_up()
     try:

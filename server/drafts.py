@@ -72,6 +72,7 @@ class Drafts:
         parent = None if parent_id is None else self.reads.trained_parent(parent_id, session)
         change = await decide(session, parent)
         session.draft = replace(session.draft, **change.fields)
+        self.sessions.save_draft(session)
         self.sessions.record_step(session, {"tool": tool, **change.action}, change.note)
         count = change.parameter_count
         if count is None:
@@ -332,6 +333,7 @@ class Drafts:
         if spec.diffusion_source is not None:
             require_sandbox()
         session.draft = Draft()
+        self.sessions.save_draft(session)
         session.steps_used += 1
         return spec
 

@@ -183,14 +183,90 @@ class SimplifyDiffusion(ToolInput):
 
 
 class TrainCandidate(ToolInput):
-    """Train the draft candidate (uses one unit of the search budget; reports progress per
-    epoch). Missing parts of the draft come from its parent or the session's latest
-    candidate. Returns the curves, best validation loss and a diagnosis."""
+    """Train the draft candidate (uses one unit of the search budget; reports progress after
+    every batch). Missing parts of the draft come from its parent or the session's latest
+    candidate. Returns the curves, best validation loss and a diagnosis; with wait=false it
+    answers at once with the candidate id (status 'training'): then poll wait_candidate."""
 
     session_id: SessionId
     epochs: Annotated[
         int | None,
         Field(ge=1, le=100, description="override the session's epochs per candidate"),
+    ] = None
+    wait: Annotated[
+        bool,
+        Field(
+            description="true: answer when the training ends; false: answer at once and train "
+            "in the background (for hosts whose requests time out)"
+        ),
+    ] = True
+
+
+class WaitCandidate(ToolInput):
+    """Wait (at most timeout_s) for a training started with train_candidate(wait=false);
+    returns its result when it ends, else its progress so far: call again until done."""
+
+    candidate_id: CandidateId
+    timeout_s: Annotated[
+        float, Field(ge=0, le=55, description="seconds to wait at most (under a host's timeout)")
+    ] = 45.0
+
+
+class CancelCandidate(ToolInput):
+    """Stop a training started with train_candidate(wait=false): its worker is killed, the
+    candidate ends 'cancelled' and its unit of budget is given back."""
+
+    candidate_id: CandidateId
+
+
+class ListDatasets(ToolInput):
+    """List the data sets a session can start on: the benchmarks (generated on first use) and
+    the sets saved under $LEADS_HOME/datasets, with their size (no names of anonymised
+    sessions' data sets)."""
+
+
+DatasetName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="name of the data set file under $LEADS_HOME/datasets (letters, digits, "
+        "'_', '.', '-')",
+    ),
+]
+
+
+class GenerateDataset(ToolInput):
+    """Generate a benchmark data set (simulated with the benchmark's ionic model; minutes for
+    the full size, with progress) and save it under $LEADS_HOME/datasets."""
+
+    benchmark: Annotated[
+        Literal["ap", "rm", "ms", "fhn", "fk"], Field(description="which benchmark to generate")
+    ] = "ap"
+
+
+ArrayPath = Annotated[str, Field(min_length=1, max_length=1000, description="a .npy file")]
+
+
+class ImportRecording(ToolInput):
+    """Import measured electrograms as a data set (saved under $LEADS_HOME/datasets/{name}):
+    a mesh, signals [samples, frames, electrodes], frame times in ms, and exactly one of a lead
+    field, electrode positions or contact nodes."""
+
+    name: DatasetName
+    mesh: Annotated[str, Field(min_length=1, max_length=1000, description="mesh file (meshio)")]
+    signals: ArrayPath
+    times: ArrayPath
+    lead_field: Annotated[str | None, Field(description="H [electrodes, nodes] (.npy)")] = None
+    electrodes: Annotated[
+        str | None, Field(description="electrode positions [electrodes, 3] in mm (.npy)")
+    ] = None
+    contact_nodes: Annotated[
+        str | None, Field(description="node index of each electrode [electrodes] (.npy)")
+    ] = None
+    pacing_sites: Annotated[
+        str | None, Field(description="pacing node of each sample [samples] (.npy)")
     ] = None
 
 
@@ -257,8 +333,13 @@ TOOL_INPUTS: dict[str, type[ToolInput]] = {
     "simplify_diffusion": SimplifyDiffusion,
     "train_candidate": TrainCandidate,
     "query_archive": QueryArchive,
+    "wait_candidate": WaitCandidate,
+    "cancel_candidate": CancelCandidate,
     "get_candidate": GetCandidate,
     "finetune_candidate": FinetuneCandidate,
     "evaluate_candidate": EvaluateCandidate,
     "record_step": RecordStep,
+    "list_datasets": ListDatasets,
+    "generate_dataset": GenerateDataset,
+    "import_recording": ImportRecording,
 }

@@ -233,12 +233,25 @@ def _run_job(channel: WorkerChannel, job: Job) -> dict[str, Any]:
     last = [started]
 
     def progress(event: TrainingProgress) -> None:
-        if event.phase != "epoch":
+        if event.phase != "epoch":  # after a batch: its loss, for the client's progress bar
+            channel.progress(
+                _plain(
+                    {
+                        "phase": "batch",
+                        "epoch": event.epoch,
+                        "epochs": event.epochs,
+                        "batch": event.batch,
+                        "batches": event.batches,
+                        "train_loss": event.train_loss,
+                    }
+                )
+            )
             return
         now = time.perf_counter()
         channel.progress(
             _plain(
                 {
+                    "phase": "epoch",
                     "epoch": event.epoch,
                     "epochs": event.epochs,
                     "train_loss": event.train_loss,

@@ -113,7 +113,9 @@ class TrainingResult(_Output):
 
     candidate_id: str
     session_id: str
-    status: Literal["ok", "unstable", "failed", "cancelled"]
+    status: Literal["ok", "unstable", "failed", "cancelled", "training"] = Field(
+        description="training: started with wait=false, still running (see wait_candidate)"
+    )
     operation: str
     parent_id: str | None
     reaction: str
@@ -150,6 +152,18 @@ class QueryResult(_Output):
         description="what was cut (rows, or over-long values ending with '…[cut: N characters "
         "in all]') and how to narrow the query; None when nothing was",
     )
+
+    def _repr_html_(self) -> str:
+        """The rows as an HTML table (how a notebook shows the result)."""
+        from html import escape
+
+        head = "".join(f"<th>{escape(str(c))}</th>" for c in self.columns)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in row) + "</tr>"
+            for row in self.rows
+        )
+        note = f"<p>{escape(self.notice)}</p>" if self.notice else ""
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
 
 
 class CandidateRecord(BaseModel):
@@ -220,3 +234,36 @@ class StepRecorded(_Output):
 
     session_id: str
     step: int = Field(description="the step's number within the session")
+
+
+class CandidateProgress(_Output):
+    """Where a candidate's training stands (wait_candidate, cancel_candidate)."""
+
+    candidate_id: str
+    status: str = Field(description="training, or the final status (ok, unstable, failed, ...)")
+    done: bool = Field(description="whether the training has ended")
+    fraction: float = Field(description="share of the epochs done (0-1)")
+    message: str = Field(description="the last progress message, or the outcome")
+    result: TrainingResult | None = Field(
+        default=None, description="the full training result once done (this server's trainings)"
+    )
+
+
+class DatasetEntry(_Output):
+    """A data set a session can start on."""
+
+    name: str = Field(description="what start_session(dataset=...) takes")
+    kind: Literal["benchmark", "simulated", "recording"]
+    saved: bool = Field(description="whether the file exists (a benchmark is generated if not)")
+    summary: dict[str, Any] = Field(
+        description="shape and sampling: samples, split, frames, nodes, ... (saved sets only)"
+    )
+
+
+class DatasetList(_Output):
+    """The data sets of $LEADS_HOME/datasets and the benchmarks."""
+
+    datasets: list[DatasetEntry]
+    notice: str | None = Field(
+        default=None, description="what is not listed (data sets of anonymised sessions)"
+    )

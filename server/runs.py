@@ -43,6 +43,10 @@ def _finite(values: list[Any]) -> list[float | None]:
     return [float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None for v in values]
 
 
+def _num(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) else "n/a"
+
+
 def _opt_finite(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
@@ -210,8 +214,11 @@ class Runs:
         epochs: int,
         progress: ProgressCallback | None = None,
         weights: bytes | None = None,
+        started: Callable[[str], None] | None = None,
     ) -> TrainingResult:
-        """Train ``spec`` (from ``weights`` when given) into a new archived candidate.
+        """Train ``spec`` (from ``weights`` when given) into a new archived candidate;
+        ``started`` learns the candidate's id as soon as it is archived. Progress comes after
+        every batch (value: epochs done, fractional) and every epoch.
 
         The candidate always ends final: ``ok`` or ``unstable`` (a divergence at any epoch, with
         the best earlier weights if any), ``failed`` (the worker failed, ran past its wall-clock
@@ -220,8 +227,20 @@ class Runs:
         shown = session.aliases.shown_spec(spec)
         candidate_id = self.archive.begin_candidate(session.session_id, shown)
         session.last_candidate_id = candidate_id
+        if started is not None:
+            started(candidate_id)
 
         async def on_epoch(event: dict[str, Any]) -> None:
+            if event.get("phase") == "batch":
+                if progress is not None:
+                    await progress(
+                        event["epoch"] - 1 + event["batch"] / event["batches"],
+                        float(event["epochs"]),
+                        f"{candidate_id} epoch {event['epoch']}/{event['epochs']}, batch "
+                        f"{event['batch']}/{event['batches']}: train loss "
+                        f"{_num(event['train_loss'])}",
+                    )
+                return
             self.archive.record_epoch(
                 candidate_id,
                 event["epoch"],
@@ -243,6 +262,10 @@ class Runs:
         self.running.add(candidate_id)
         try:
             summary, final = await self._fit(candidate_id, job, on_epoch)
+        except anyio.get_cancelled_exc_class():
+            if spec.operation != "finetune" and not self.stopping:
+                session.steps_used = max(0, session.steps_used - 1)  # a cancelled fit is free
+            raise
         finally:
             self.running.discard(candidate_id)
         error = final.get("error") if summary is None else None

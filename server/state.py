@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +168,7 @@ class Sessions:
                 "unavailable; start a new session"
             ) from exc
         candidates = self.archive.list_candidates(session_id)
+        shown_aliases = ReactionAliases(aliases)
         session = DiscoverySession(
             session_id=session_id,
             dataset_name=name,
@@ -177,10 +178,12 @@ class Sessions:
             budget=int(row.budget or 0),
             epochs=int(config.get("epochs", StartSession().epochs)),  # the tool's default
             seed=int(row.seed or 0),
-            aliases=ReactionAliases(aliases),
+            aliases=shown_aliases,
             batch_size=config.get("batch_size"),
+            draft=self.load_draft(session_id, shown_aliases),
             steps_used=sum(
-                c.operation in SEARCH_OPERATIONS and c.status != "refused" for c in candidates
+                c.operation in SEARCH_OPERATIONS and c.status not in ("refused", "cancelled")
+                for c in candidates
             ),
             last_candidate_id=next(
                 (c.candidate_id for c in reversed(candidates) if c.status != "refused"),
@@ -193,6 +196,30 @@ class Sessions:
     async def aliases(self, session_id: str | None) -> ReactionAliases:
         """The aliases of a session (restoring it), or none without a session."""
         return (await self.get(session_id)).aliases if session_id else ReactionAliases.disabled()
+
+    def save_draft(self, session: DiscoverySession) -> None:
+        """Keep the session's draft in the archive (reaction under the session's name), so a
+        new server process continues from it; an empty draft is forgotten."""
+        draft = session.draft
+        shown = None
+        if not draft.empty or draft.diffusion_source is not None:
+            shown = asdict(draft)
+            if draft.reaction is not None:
+                shown["reaction"] = session.aliases.show(draft.reaction)
+        try:
+            self.archive.save_draft(session.session_id, shown)
+        except ArchiveError as exc:
+            raise DiscoveryError(f"the draft could not be kept in the archive: {exc}") from exc
+
+    def load_draft(self, session_id: str, aliases: ReactionAliases) -> Draft:
+        """The draft a session kept in the archive (an empty one if none)."""
+        shown = self.archive.load_draft(session_id)
+        if not shown:
+            return Draft()
+        fields = {k: v for k, v in shown.items() if k in Draft.__dataclass_fields__}
+        if fields.get("reaction") is not None:
+            fields["reaction"] = aliases.real(fields["reaction"])
+        return Draft(**fields)
 
     def row(self, session_id: str) -> SessionRow:
         """The archived session row (status, configuration)."""

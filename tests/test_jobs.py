@@ -99,8 +99,12 @@ async def test_progress_events_arrive_and_the_weights_come_back(dataset_path: st
         events.append(event)
 
     payload = await WorkerPool().run(fit_job(dataset_path, 2), on_progress)
-    assert [e["epoch"] for e in events] == [1, 2]
-    assert all(e["epochs"] == 2 and e["epoch_seconds"] > 0 for e in events)
+    epochs = [e for e in events if e["phase"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert all(e["epochs"] == 2 and e["epoch_seconds"] > 0 for e in epochs)
+    batches = [e for e in events if e["phase"] == "batch"]  # 2 training samples: >= 1 batch
+    assert batches and all(1 <= e["batch"] <= e["batches"] for e in batches)
+    assert {e["epoch"] for e in batches} == {1, 2}
     assert len(payload["summary"]["train_losses"]) == 2
     state = torch.load(io.BytesIO(payload["weights"]), weights_only=True)
     assert state and all(isinstance(v, torch.Tensor) for v in state.values())

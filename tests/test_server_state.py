@@ -85,7 +85,7 @@ async def test_a_resumed_session_keeps_its_settings_and_counts_only_search_steps
             summary = json.loads(summary.contents[0].text)
             assert summary["steps_used"] == 0 and summary["budget_left"] == 3  # refusals are free
             assert summary["epochs_per_candidate"] == 4 and summary["seed"] == 5
-            assert summary["anonymised"] and summary["draft"] is None  # drafts live in memory
+            assert summary["anonymised"] and summary["draft"]["diffusion"] == "gcn"  # kept
             session = server.service.store.get(session_id)
             assert session.aliases.mapping == aliases and session.last_candidate_id is None
             assert "unknown session" in await fails(

@@ -43,8 +43,10 @@ ARGUMENTS = {
         "template": None,
         "hyperparameters": None,
     },
-    "train_candidate": {"session_id": REQUIRED, "epochs": None},
+    "train_candidate": {"session_id": REQUIRED, "epochs": None, "wait": True},
     "query_archive": {"sql": REQUIRED, "max_rows": 200, "session_id": None},
+    "wait_candidate": {"candidate_id": REQUIRED, "timeout_s": 45.0},
+    "cancel_candidate": {"candidate_id": REQUIRED},
     "get_candidate": {"candidate_id": REQUIRED},
     "finetune_candidate": {"session_id": REQUIRED, "candidate_id": REQUIRED, "epochs": 10},
     "evaluate_candidate": {"session_id": REQUIRED, "candidate_id": REQUIRED, "split": "test"},
@@ -53,6 +55,18 @@ ARGUMENTS = {
         "thought": REQUIRED,
         "action": REQUIRED,
         "observation": "",
+    },
+    "list_datasets": {},
+    "generate_dataset": {"benchmark": "ap"},
+    "import_recording": {
+        "name": REQUIRED,
+        "mesh": REQUIRED,
+        "signals": REQUIRED,
+        "times": REQUIRED,
+        "lead_field": None,
+        "electrodes": None,
+        "contact_nodes": None,
+        "pacing_sites": None,
     },
 }
 
@@ -64,10 +78,20 @@ async def test_tools_publish_schemas_and_honest_annotations(client: Client) -> N
         assert tool.output_schema and tool.output_schema["type"] == "object", tool.name
         assert tool.input_schema["type"] == "object"
         assert tool.annotations is not None
-        assert tool.annotations.destructive_hint is False
+        assert tool.annotations.destructive_hint is (tool.name == "cancel_candidate")
         assert tool.annotations.open_world_hint is False
+        assert tool.title, tool.name
     read_only = {name for name, tool in tools.items() if tool.annotations.read_only_hint}
-    assert read_only == {"list_catalogs", "query_archive", "get_candidate"}
+    assert read_only == {
+        "list_catalogs",
+        "query_archive",
+        "get_candidate",
+        "wait_candidate",
+        "list_datasets",
+    }
+    # every tool that is not read-only appends a step or candidate row: not idempotent
+    idempotent = {name for name, tool in tools.items() if tool.annotations.idempotent_hint}
+    assert idempotent == read_only | {"cancel_candidate", "generate_dataset", "import_recording"}
     budget = tools["start_session"].input_schema["properties"]["budget"]
     assert budget["minimum"] == 1 and budget["default"] == 15
     templates = await client.list_resource_templates()
@@ -99,7 +123,8 @@ async def test_every_tool_publishes_flat_arguments_with_their_defaults(client: C
             assert "$ref" not in prop and "properties" not in prop, (tool.name, name)  # flat
             if default is not REQUIRED:
                 assert prop["default"] == default, (tool.name, name)
-        assert tool.description == (TOOL_INPUTS[tool.name].__doc__ or "").replace("\n    ", "\n"), (
+        # de-indented, one line per paragraph
+        assert tool.description == " ".join((TOOL_INPUTS[tool.name].__doc__ or "").split()), (
             tool.name
         )
 

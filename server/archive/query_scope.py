@@ -28,6 +28,7 @@ _SCOPED_TABLES = {
     "sessions": "session_id IN ({covered})",
     "candidates": "session_id IN ({covered})",
     "steps": "session_id IN ({covered})",
+    "drafts": "session_id IN ({covered})",
     "epochs": "candidate_id IN (SELECT candidate_id FROM {db}.main.candidates "
     "WHERE session_id IN ({covered}))",
     "evaluations": "candidate_id IN (SELECT candidate_id FROM {db}.main.candidates "

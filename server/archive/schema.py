@@ -117,6 +117,18 @@ CREATE TABLE IF NOT EXISTS evaluations (
 );
 """
 
+#: The draft candidate of each session (as the session shows it: an anonymised one under its
+#: aliases), so that a new server process continues where the last one left off. Created by
+#: every version-3 opening (an older version-3 file gets it too).
+DRAFTS_DDL = """
+CREATE TABLE IF NOT EXISTS drafts (
+    session_id VARCHAR PRIMARY KEY,
+    draft JSON NOT NULL,
+    updated_at TIMESTAMP NOT NULL
+);
+"""
+DDL += DRAFTS_DDL
+
 # The status a session has now, as a function of its row (``sessions``) and its candidates.
 _SESSION_STATUS = f"""
 CASE
@@ -125,7 +137,8 @@ CASE
         THEN 'running'
     WHEN (SELECT count(*) FROM candidates c
           WHERE c.session_id = sessions.session_id
-            AND c.operation IN ({_in_list(SEARCH_OPERATIONS)}) AND c.status <> 'refused')
+            AND c.operation IN ({_in_list(SEARCH_OPERATIONS)})
+            AND c.status NOT IN ('refused', 'cancelled'))
          >= coalesce(sessions.budget, 0)
         THEN 'finished'
     ELSE 'running'
@@ -165,6 +178,7 @@ def _migrate_2_to_3(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     from .sealing import seal_anonymised_sessions
 
     seal_anonymised_sessions(con, path)
+    con.execute(DRAFTS_DDL)
 
 
 #: Migration from each older version to the next one; each runs inside the opening transaction
@@ -228,3 +242,4 @@ def prepare_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     for step in range(version, SCHEMA_VERSION):
         MIGRATIONS[step](con, path)
         con.execute("INSERT INTO schema_version VALUES (?, ?)", [step + 1, utcnow()])
+    con.execute(DRAFTS_DDL)  # a version-3 file written before drafts were kept

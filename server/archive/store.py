@@ -587,6 +587,26 @@ class Archive:
             )
         self._checkpoint()
 
+    # ------------------------------------------------------------------ drafts
+
+    def save_draft(self, session_id: str, draft: Mapping[str, Any] | None) -> None:
+        """Keep the session's draft (as the session shows it); None forgets it."""
+        with self._transaction() as con:
+            con.execute("DELETE FROM drafts WHERE session_id = ?", [session_id])
+            if draft is not None:
+                con.execute(
+                    "INSERT INTO drafts VALUES (?, ?, ?)",
+                    [session_id, _dump_json(draft), utcnow()],
+                )
+
+    def load_draft(self, session_id: str) -> dict[str, Any] | None:
+        """The session's kept draft, or None."""
+        rows = self._rows("SELECT draft FROM drafts WHERE session_id = ?", [session_id])
+        if not rows or rows[0]["draft"] is None:
+            return None
+        value = rows[0]["draft"]
+        return json.loads(value) if isinstance(value, str) else dict(value)
+
     # ------------------------------------------------------------------ query
 
     def query(
