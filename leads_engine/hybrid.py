@@ -51,6 +51,7 @@ class HybridModel(nn.Module):
         reaction: ReactionModel,
         compile_step: bool = False,
         refresh_frames: int = 1,
+        state_dependent: bool = True,
     ) -> None:
         super().__init__()
         self.diffusion = diffusion
@@ -60,7 +61,11 @@ class HybridModel(nn.Module):
         #: flux-form operators (those with ``edge_conductance``) are integrated with
         #: conductances evaluated once per frame; any other module's rate at every sub-step.
         self.flux_form = callable(getattr(diffusion, "edge_conductance", None))
+        #: run the reaction's sub-steps compiled (:func:`compiled_reaction_substeps`)
         self.compile_step = compile_step
+        #: whether the conductances may depend on the state; the catalog's physical templates'
+        #: do not, and their flux-form operator is then built once per chunk of frames
+        self.state_dependent = state_dependent
 
     @classmethod
     def from_spec(cls, spec: CandidateSpec, num_nodes: int) -> HybridModel:
@@ -77,7 +82,12 @@ class HybridModel(nn.Module):
         )
         # an unknown template fails here with the catalog's list
         info = template_info(spec.diffusion)
-        return cls(diffusion, reaction, refresh_frames=info.refresh_frames)
+        return cls(
+            diffusion,
+            reaction,
+            refresh_frames=info.refresh_frames,
+            state_dependent=info.family != "physical" or spec.diffusion_source is not None,
+        )
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -108,15 +118,19 @@ class HybridModel(nn.Module):
                 layout = FluxOperatorLayout.from_edges(
                     graph.edge_index, graph.inverse_mass, u.shape[0]
                 )
-            for start in range(0, n_frames, self.refresh_frames):  # chunks start on a refresh
-                count = min(self.refresh_frames, n_frames - start)
+            # a state-independent operator is the same at every refresh: one segment suffices
+            interval = self.refresh_frames if self.state_dependent else n_frames
+            for start in range(0, n_frames, interval):  # chunks start on a refresh
+                count = min(interval, n_frames - start)
                 if checkpoint_conductance:
                     conductance = checkpoint(
                         self.diffusion.edge_conductance, u, graph, use_reentrant=False
                     )
                 else:
                     conductance = self.diffusion.edge_conductance(u, graph)
-                plan = SegmentPlan(count, steps_per_frame, dt, reaction_substeps)
+                plan = SegmentPlan(
+                    count, steps_per_frame, dt, reaction_substeps, compiled=self.compile_step
+                )
                 segment, w = integrate_segment(
                     self.reaction, layout, plan, u, w, layout.values(conductance), p
                 )
