@@ -138,7 +138,8 @@ class SegmentPlan:
     steps_per_frame: int
     dt: float
     substeps: int = 1
-    #: run the reaction's sub-steps through :func:`compiled_reaction_substeps`
+    #: run the reaction's sub-steps through ``torch.compile``; so are its adjoint's
+    #: Jacobians and parameter gradients
     compiled: bool = False
 
 
@@ -163,16 +164,57 @@ def reaction_substeps(
     return u, s, torch.stack(u_in), torch.stack(s_in)
 
 
+def reaction_transition(
+    reaction: ReactionModel,
+    u: torch.Tensor,
+    s: torch.Tensor,
+    p: dict[str, torch.Tensor],
+    h: float,
+) -> torch.Tensor:
+    """The adjoint map of one reaction sub-step at every state of ``u [c, 1]``,
+    ``s [r, c, 1]``: ``A [1 + r, 1 + r, c]`` with ``A[i, o] = delta_io + h dR_o/dy_i``, column by
+    column with forward-mode derivatives (``R`` is pointwise)."""
+    r = s.shape[0]
+
+    def rates(u_: torch.Tensor, s_: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return reaction(u_, s_, p)
+
+    rows = []
+    for i in range(1 + r):
+        tangent_u = torch.ones_like(u) if i == 0 else torch.zeros_like(u)
+        tangent_s = torch.zeros_like(s)
+        if i > 0:
+            tangent_s[i - 1] = 1.0
+        _, (du, ds) = torch.func.jvp(rates, (u, s), (tangent_u, tangent_s))
+        rows.append(torch.cat((du.view(1, -1), ds.view(r, -1))))
+    eye = torch.eye(1 + r, dtype=u.dtype, device=u.device).unsqueeze(-1)
+    return eye + h * torch.stack(rows)
+
+
+def reaction_parameter_gradient(
+    reaction: ReactionModel,
+    u: torch.Tensor,
+    s: torch.Tensor,
+    p: dict[str, torch.Tensor],
+    weight_u: torch.Tensor,
+    weight_s: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """``d/dp sum(weight_u * R_u(u, s) + weight_s * R_s(u, s))`` for the parameter values ``p``."""
+
+    def weighted(q: dict[str, torch.Tensor]) -> torch.Tensor:
+        du, ds = reaction(u, s, q)
+        return (du * weight_u).sum() + (ds * weight_s).sum()
+
+    return torch.func.grad(weighted)(p)
+
+
 @functools.cache
-def compiled_reaction_substeps():  # noqa: ANN201 - a torch.compile wrapper
-    """:func:`reaction_substeps` compiled once per process (per reaction class and shape): the
-    sub-steps' ~20 element-wise kernels each become one loop (3x faster for a batch of 2), its
-    code cached on disk by TorchInductor across processes."""
-    # one variant per (reaction class, batch shape, sub-steps): a screening over the reaction
+def _compiled(function):  # noqa: ANN001, ANN202 - a torch.compile wrapper
+    # one variant per (reaction class, shape, sub-steps): a screening over the reaction
     # catalog with train/val/test batches needs more than dynamo's default of 8, past which it
     # would silently fall back to eager
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(reaction_substeps, dynamic=False)
+    return torch.compile(function, dynamic=False)
 
 
 class FluxEulerSegment(torch.autograd.Function):
@@ -199,7 +241,7 @@ class FluxEulerSegment(torch.autograd.Function):
         p = dict(zip(names, tensors[: len(names)], strict=True))
         operator = layout.matrix(values)
         h = plan.dt / plan.substeps
-        react = compiled_reaction_substeps() if plan.compiled else reaction_substeps
+        react = _compiled(reaction_substeps) if plan.compiled else reaction_substeps
         u_in: list[torch.Tensor] = []  # the states entering every sub-step, per step
         s_in: list[torch.Tensor] = []
         frames = []
@@ -224,29 +266,13 @@ class FluxEulerSegment(torch.autograd.Function):
         h, m = plan.dt / plan.substeps, plan.substeps
         count, n = u_in.shape[0], u_in.shape[1]
         r = s_in.shape[1]
-        # every sub-step's Jacobian at once (R is pointwise)
-        with torch.enable_grad():
-            u_all = u_in.detach().reshape(count * n, 1).requires_grad_(True)
-            s_all = s_in.detach().transpose(0, 1).reshape(r, count * n, 1).requires_grad_(True)
-            p = {
-                k: t.detach().requires_grad_(t.requires_grad)
-                for k, t in zip(ctx.names, tensors[:n_p], strict=True)
-            }
-            du, ds = reaction(u_all, s_all, p)
-            outputs = [du, *ds.unbind(0)]
-            # the adjoint map of sub-step c, lambda_in[i] = sum_o A[c, i, o] lambda_out[o]:
-            # A[c, i, o] = delta_io + h dR_o/dy_i at the state entering it
-            rows = []
-            for out in outputs:
-                gu, gs = torch.autograd.grad(
-                    out.sum(), (u_all, s_all), retain_graph=True, allow_unused=True
-                )
-                gu = torch.zeros_like(u_all) if gu is None else gu
-                gs = torch.zeros_like(s_all) if gs is None else gs
-                rows.append(torch.cat((gu.view(1, count, n), gs.view(r, count, n))))
-            transition = torch.stack(rows, dim=1).permute(2, 0, 1, 3) * h  # [count, i, o, n]
-            eye = torch.eye(1 + r, dtype=u_in.dtype, device=u_in.device)
-            transition = (transition + eye.view(1, 1 + r, 1 + r, 1)).contiguous()
+        # every sub-step's adjoint map at once (R is pointwise)
+        u_all = u_in.reshape(count * n, 1)
+        s_all = s_in.transpose(0, 1).reshape(r, count * n, 1)
+        p = {k: t.detach() for k, t in zip(ctx.names, tensors[:n_p], strict=True)}
+        transition_of = _compiled(reaction_transition) if plan.compiled else reaction_transition
+        # [i, o, count, n]: transition[:, :, c] is sub-step c's map
+        transition = transition_of(reaction, u_all, s_all, p, h).view(1 + r, 1 + r, count, n)
         transpose = layout.transpose(values)
         # lambda: the adjoint of the current state; updated in place only while no list holds it
         lam = torch.zeros(1 + r, n, dtype=u_in.dtype, device=u_in.device)
@@ -263,29 +289,43 @@ class FluxEulerSegment(torch.autograd.Function):
                 idx = k * m + j
                 lam_out[idx] = lam
                 mu_k = lam[0] if mu_k is None else mu_k + lam[0]
-                lam = (transition[idx] * lam.unsqueeze(0)).sum(1)
+                lam = (transition[:, :, idx] * lam.unsqueeze(0)).sum(1)
             mu_k = mu_k * h
             lam[0] += torch.mv(transpose, mu_k)
             mu.append(mu_k)
-        # d/dV_ab = sum_k mu_k[a] u_k[b]: the steps' outer products sampled on the pattern
+        # d/dV_ab = sum_k mu_k[a] u_k[b]: the product of the steps' adjoints and states,
+        # sampled on the operator's pattern (one sparse kernel, no per-entry gathers)
         mu_t = torch.stack(mu[::-1], dim=1)  # [n, steps]
-        u_t = u_in.view(steps, m, n)[:, 0].t().contiguous()  # u entering each step
-        grad_values = (mu_t.index_select(0, layout.row) * u_t.index_select(0, layout.col)).sum(1)
+        u_steps = u_in.view(steps, m, n)[:, 0]  # u entering each step
+        pattern = layout.matrix(values)
+        grad_values = torch.sparse.sampled_addmm(pattern, mu_t, u_steps, beta=0.0).values()
         # parameter gradients: one vector-Jacobian product over the whole segment
         grad_tensors: list[torch.Tensor | None] = [None] * len(tensors)
         wanted = [
             i for i, t in enumerate(tensors) if ctx.needs_input_grad[7 + i] and t.requires_grad
         ]
         if wanted:
-            targets = [list(p.values())[i] if i < n_p else tensors[i] for i in wanted]
             weights = torch.stack(lam_out, dim=1) * h  # [1 + r, count, n]
-            with torch.enable_grad():
-                total = sum(
-                    (out.view(count, n) * weights[i]).sum() for i, out in enumerate(outputs)
+            weight_u = weights[0].reshape(count * n, 1)
+            weight_s = weights[1:].reshape(r, count * n, 1)
+            if all(i < n_p for i in wanted):
+                gradient_of = (
+                    _compiled(reaction_parameter_gradient)
+                    if plan.compiled
+                    else reaction_parameter_gradient
                 )
-                grads = torch.autograd.grad(total, targets, allow_unused=True)
-            for i, g in zip(wanted, grads, strict=True):
-                grad_tensors[i] = g
+                grads = gradient_of(reaction, u_all, s_all, p, weight_u, weight_s)
+                for i in wanted:
+                    grad_tensors[i] = grads[ctx.names[i]]
+            else:  # the module's own tensors too (a neural reaction): plain autograd
+                with torch.enable_grad():
+                    q = {k: t.requires_grad_(True) for k, t in p.items()}
+                    du, ds = reaction(u_all, s_all, q)
+                    total = (du * weight_u).sum() + (ds * weight_s).sum()
+                    targets = [q[ctx.names[i]] if i < n_p else tensors[i] for i in wanted]
+                    grads = torch.autograd.grad(total, targets, allow_unused=True)
+                for i, g in zip(wanted, grads, strict=True):
+                    grad_tensors[i] = g
         return (
             None,
             None,
