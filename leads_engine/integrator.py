@@ -60,13 +60,13 @@ class FluxOperatorLayout:
     Stored entries, in CSR order: the off-diagonal ``(dst, src)`` of every edge and the diagonal.
     ``edge_position [E]``/``diagonal_position [n]``: where each edge's and each node's value
     sits; ``transpose_order``: the permutation of the values that gives ``L^T`` in the CSR
-    structure ``crow_t``/``col_t``; ``row``/``col``: each stored entry's row and column.
+    structure ``crow_t``/``col_t``. Indices are 32-bit (the CPU's sparse kernels convert 64-bit
+    ones at every product).
     """
 
     size: int
     crow: torch.Tensor
     col: torch.Tensor
-    row: torch.Tensor
     crow_t: torch.Tensor
     col_t: torch.Tensor
     transpose_order: torch.Tensor
@@ -99,13 +99,16 @@ class FluxOperatorLayout:
         def put(t: torch.Tensor) -> torch.Tensor:
             return t.to(device)
 
+        def index(t: torch.Tensor) -> torch.Tensor:
+            # 32-bit indices: the CPU kernels convert 64-bit ones at every product
+            return t.to(device=device, dtype=torch.int32)
+
         return cls(
             size=n,
-            crow=put(crow),
-            col=put(sorted_cols),
-            row=put(sorted_rows),
-            crow_t=put(crow_t),
-            col_t=put(sorted_rows[order_t]),
+            crow=index(crow),
+            col=index(sorted_cols),
+            crow_t=index(crow_t),
+            col_t=index(sorted_rows[order_t]),
             transpose_order=put(order_t),
             edge_position=put(position[: len(src)]),
             edge_row=put(dst),
