@@ -81,6 +81,9 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument(
+        "--no-compile", action="store_true", help="train with the eager integrator"
+    )
+    parser.add_argument(
         "--no-simulator", action="store_true", help="skip the forward simulator's reference"
     )
     args = parser.parse_args()
@@ -96,6 +99,7 @@ def main() -> None:
         conductance_refresh_frames=args.refresh_frames,
         device=args.device,
         patience=args.epochs,
+        compile=not args.no_compile,
     )
     device = config.torch_device()
     n_train = len(dataset.indices("train"))

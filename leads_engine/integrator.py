@@ -220,6 +220,36 @@ def _compiled(function):  # noqa: ANN001, ANN202 - a torch.compile wrapper
     return torch.compile(function, dynamic=False)
 
 
+def euler_segment(
+    reaction: ReactionModel,
+    operator: torch.Tensor,
+    plan: SegmentPlan,
+    u: torch.Tensor,
+    s: torch.Tensor,
+    p: dict[str, torch.Tensor],
+    record: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The segment's forward pass with the CSR ``operator``: ``(frames [F, n, 1], s_end)`` and,
+    with ``record``, the states entering every sub-step (``[count, n, 1]``, ``[count, r, n, 1]``)
+    that its adjoint needs."""
+    h = plan.dt / plan.substeps
+    react = _compiled(reaction_substeps) if plan.compiled else reaction_substeps
+    u_in: list[torch.Tensor] = []
+    s_in: list[torch.Tensor] = []
+    frames = []
+    for _ in range(plan.frames):
+        for _ in range(plan.steps_per_frame):
+            diffusion_rate = torch.mv(operator, u.view(-1)).view_as(u)
+            u, s, us, ss = react(reaction, u, s, diffusion_rate, p, h, plan.substeps)
+            if record:
+                u_in.append(us)
+                s_in.append(ss)
+        frames.append(u)
+    if not record:
+        return torch.stack(frames), s, None, None
+    return torch.stack(frames), s, torch.cat(u_in), torch.cat(s_in)
+
+
 class FluxEulerSegment(torch.autograd.Function):
     """One segment of the multirate Euler integrator with its adjoint (module docstring).
 
@@ -242,22 +272,10 @@ class FluxEulerSegment(torch.autograd.Function):
         *tensors: torch.Tensor,
     ):
         p = dict(zip(names, tensors[: len(names)], strict=True))
-        operator = layout.matrix(values)
-        h = plan.dt / plan.substeps
-        react = _compiled(reaction_substeps) if plan.compiled else reaction_substeps
-        u_in: list[torch.Tensor] = []  # the states entering every sub-step, per step
-        s_in: list[torch.Tensor] = []
-        frames = []
-        for _ in range(plan.frames):
-            for _ in range(plan.steps_per_frame):
-                diffusion_rate = torch.mv(operator, u.view(-1)).view_as(u)
-                u, s, us, ss = react(reaction, u, s, diffusion_rate, p, h, plan.substeps)
-                u_in.append(us)
-                s_in.append(ss)
-            frames.append(u)
+        frames, s, u_in, s_in = euler_segment(reaction, layout.matrix(values), plan, u, s, p)
         ctx.reaction, ctx.layout, ctx.plan, ctx.names = reaction, layout, plan, names
-        ctx.save_for_backward(torch.cat(u_in), torch.cat(s_in), values, *tensors)
-        return torch.stack(frames), s
+        ctx.save_for_backward(u_in, s_in, values, *tensors)
+        return frames, s
 
     @staticmethod
     def backward(ctx: Any, grad_frames: torch.Tensor | None, grad_s: torch.Tensor | None):  # noqa: ANN205
@@ -353,6 +371,9 @@ def integrate_segment(
     """``(frames [F, n, 1], s_end)`` of one segment with held operator ``values``, through
     :class:`FluxEulerSegment` (differentiable in ``u``, ``s``, ``values``, ``p`` and the
     reaction's own trainable tensors)."""
+    if not torch.is_grad_enabled():  # evaluation: nothing to differentiate, nothing to store
+        frames, s, _, _ = euler_segment(reaction, layout.matrix(values), plan, u, s, p, False)
+        return frames, s
     names = tuple(p)
     # a physical model's ``raw_`` parameters reach it through ``p``; anything else trainable
     # (a neural reaction's weights) is used by the module directly
