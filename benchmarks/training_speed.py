@@ -81,6 +81,9 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument(
+        "--no-checkpoint", action="store_true", help="store the networks' activations"
+    )
+    parser.add_argument(
         "--no-compile", action="store_true", help="train with the eager integrator"
     )
     parser.add_argument(
@@ -100,6 +103,7 @@ def main() -> None:
         device=args.device,
         patience=args.epochs,
         compile=not args.no_compile,
+        checkpoint_frames=None if args.no_checkpoint else TrainingConfig.checkpoint_frames,
     )
     device = config.torch_device()
     n_train = len(dataset.indices("train"))
