@@ -83,9 +83,7 @@ def main() -> None:
     parser.add_argument(
         "--no-checkpoint", action="store_true", help="store the networks' activations"
     )
-    parser.add_argument(
-        "--no-compile", action="store_true", help="train with the eager integrator"
-    )
+    parser.add_argument("--no-compile", action="store_true", help="train with the eager integrator")
     parser.add_argument(
         "--no-simulator", action="store_true", help="skip the forward simulator's reference"
     )
