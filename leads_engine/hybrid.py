@@ -126,8 +126,12 @@ class HybridModel(nn.Module):
             for start in range(0, n_frames, interval):  # chunks start on a refresh
                 count = min(interval, n_frames - start)
                 if checkpoint_conductance:
+                    # re-entrant: far less overhead per operation of the network than the
+                    # saved-tensor-hook variant; it records only when an input requires grad
+                    if not u.requires_grad:
+                        u = u.detach().requires_grad_(True)
                     conductance = checkpoint(
-                        self.diffusion.edge_conductance, u, graph, use_reentrant=False
+                        self.diffusion.edge_conductance, u, graph, use_reentrant=True
                     )
                 else:
                     conductance = self.diffusion.edge_conductance(u, graph)
