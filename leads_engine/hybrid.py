@@ -18,13 +18,18 @@ than the rate keeps the explicit scheme stable (a held rate would be an explicit
 whole frame). A module without ``edge_conductance`` (an agent's edit may drop it) has its
 ``forward`` evaluated at every sub-step. See ``benchmarks/training_speed.py``.
 
-Memory stays bounded on long horizons by gradient checkpointing over chunks of frames:
-only the chunk boundaries are stored and each chunk is recomputed during the backward pass.
+The flux form is integrated by :mod:`leads_engine.integrator`: each interval over which the
+conductances are held is one step of autograd's tape whose backward is the integrator's
+adjoint, and which stores only the states (a few MB per trajectory); the conductances'
+evaluation (a network) is checkpointed: it stores its input and is recomputed backwards (storing
+the activations instead saves 20-35% of a neural template's time but took the graph
+transformer to 6.2 GB). Any other module is recorded by autograd sub-step by
+sub-step, with memory bounded by gradient checkpointing over chunks of frames: only the chunk
+boundaries are stored and each chunk is recomputed during the backward pass.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -33,51 +38,10 @@ from torch.utils.checkpoint import checkpoint
 
 from .diffusion import build_diffusion, template_info
 from .graph import MeshGraph
+from .integrator import FluxOperatorLayout, SegmentPlan, integrate_segment
 from .reactions import ReactionModel, build_reaction
 from .simulator import SimulationDiverged
 from .spec import CandidateSpec
-
-
-def flux_euler_step(
-    reaction: ReactionModel,
-    u: torch.Tensor,
-    w: torch.Tensor,
-    conductance: torch.Tensor,
-    p: dict[str, torch.Tensor],
-    src: torch.Tensor,
-    dst: torch.Tensor,
-    inverse_mass: torch.Tensor,
-    dt: float,
-    reaction_substeps: int = 1,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Explicit Euler step of ``du/dt = (1/M) sum_j w_ij (u_j - u_i) + R_u``, ``dw/dt = R_w``.
-
-    With ``reaction_substeps = k > 1`` the step is multirate: the diffusion rate is evaluated
-    once and held while the (pointwise, cheap, possibly stiff) reaction takes ``k`` Euler
-    steps of ``dt / k``.
-    """
-    flux = conductance.unsqueeze(1) * (u[src] - u[dst])
-    diffusion_rate = inverse_mass * torch.zeros_like(u).index_add_(0, dst, flux)
-    h = dt / reaction_substeps
-    for _ in range(reaction_substeps):
-        du, dw = reaction(u, w, p)
-        u, w = u + h * (diffusion_rate + du), w + h * dw
-    return u, w
-
-
-@functools.cache
-def compiled_flux_euler_step():  # noqa: ANN201 - a torch.compile wrapper
-    """:func:`flux_euler_step` compiled once per process (per reaction class and shape).
-
-    Fusing the step's ~25 small kernels, forward and backward, makes a training step about 5x
-    faster on CPU (0.9 vs 4.8 ms for 10 trajectories on the bundled mesh) for a one-off compile
-    of a few seconds per reaction model, cached on disk by TorchInductor across processes.
-    """
-    # One compiled variant per (reaction class, batch shape, sub-steps): a screening over the
-    # reaction catalog with train/val/test batches needs more than dynamo's default of 8, past
-    # which it would silently fall back to the slow eager step.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(flux_euler_step, dynamic=False)
 
 
 class HybridModel(nn.Module):
@@ -89,6 +53,7 @@ class HybridModel(nn.Module):
         reaction: ReactionModel,
         compile_step: bool = False,
         refresh_frames: int = 1,
+        state_dependent: bool = True,
     ) -> None:
         super().__init__()
         self.diffusion = diffusion
@@ -98,7 +63,12 @@ class HybridModel(nn.Module):
         #: flux-form operators (those with ``edge_conductance``) are integrated with
         #: conductances evaluated once per frame; any other module's rate at every sub-step.
         self.flux_form = callable(getattr(diffusion, "edge_conductance", None))
+        #: compile the flux-form integrator's kernels (the reaction's sub-steps, the adjoint's
+        #: Jacobians and parameter gradients) with ``torch.compile``; off in the sandbox
         self.compile_step = compile_step
+        #: whether the conductances may depend on the state; the catalog's physical templates'
+        #: do not, and their flux-form operator is then built once per chunk of frames
+        self.state_dependent = state_dependent
 
     @classmethod
     def from_spec(cls, spec: CandidateSpec, num_nodes: int) -> HybridModel:
@@ -115,7 +85,12 @@ class HybridModel(nn.Module):
         )
         # an unknown template fails here with the catalog's list
         info = template_info(spec.diffusion)
-        return cls(diffusion, reaction, refresh_frames=info.refresh_frames)
+        return cls(
+            diffusion,
+            reaction,
+            refresh_frames=info.refresh_frames,
+            state_dependent=info.family != "physical" or spec.diffusion_source is not None,
+        )
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -129,30 +104,46 @@ class HybridModel(nn.Module):
         steps_per_frame: int,
         dt: float,
         reaction_substeps: int = 1,
+        checkpoint_conductance: bool = False,
+        layout: FluxOperatorLayout | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Integrate ``n_frames`` frames; returns the end state and the frames' ``u``."""
+        """Integrate ``n_frames`` frames; returns the end state and the frames' ``u``.
+
+        The flux form integrates each refresh interval as one :class:`FluxEulerSegment` (its
+        own adjoint, storing only the states); ``checkpoint_conductance`` recomputes the
+        conductances' evaluation (a network's activations) in the backward pass instead of
+        storing it.
+        """
         p = self.reaction.physical_parameters()
         frames = []
         if self.flux_form:
-            step = compiled_flux_euler_step() if self.compile_step else flux_euler_step
-            src, dst = graph.edge_index
-            for frame in range(n_frames):  # a chunk starts on a refresh (see rollout)
-                if frame % self.refresh_frames == 0:
-                    conductance = self.diffusion.edge_conductance(u, graph)
-                for _ in range(steps_per_frame):
-                    u, w = step(
-                        self.reaction,
-                        u,
-                        w,
-                        conductance,
-                        p,
-                        src,
-                        dst,
-                        graph.inverse_mass,
-                        dt,
-                        reaction_substeps,
+            if layout is None:
+                layout = FluxOperatorLayout.from_edges(
+                    graph.edge_index, graph.inverse_mass, u.shape[0]
+                )
+            # a state-independent operator is the same at every refresh: one segment suffices
+            interval = self.refresh_frames if self.state_dependent else n_frames
+            for start in range(0, n_frames, interval):  # chunks start on a refresh
+                count = min(interval, n_frames - start)
+                if checkpoint_conductance:
+                    # re-entrant: far less overhead per operation of the network than the
+                    # saved-tensor-hook variant; it records only when an input requires grad
+                    if not u.requires_grad:
+                        u = u.detach().requires_grad_(True)
+                    conductance = checkpoint(
+                        self.diffusion.edge_conductance, u, graph, use_reentrant=True
                     )
-                frames.append(u)
+                else:
+                    conductance = self.diffusion.edge_conductance(u, graph)
+                plan = SegmentPlan(
+                    count, steps_per_frame, dt, reaction_substeps, compiled=self.compile_step
+                )
+                segment, w = integrate_segment(
+                    self.reaction, layout, plan, u, w, layout.values(conductance), p
+                )
+                u = segment[-1]
+                frames.append(segment)
+            return u, w, torch.cat(frames)
         else:
             h = dt / reaction_substeps
             for _ in range(n_frames):
@@ -190,7 +181,14 @@ class HybridModel(nn.Module):
             reaction_substeps = self.reaction.reaction_substeps(dt)
         chunk = checkpoint_frames or n_frames
         chunk = max(self.refresh_frames, chunk - chunk % self.refresh_frames)
-        use_checkpoint = checkpoint_frames is not None and torch.is_grad_enabled()
+        checkpointing = checkpoint_frames is not None and torch.is_grad_enabled()
+        # The flux form stores only its states (FluxEulerSegment) and checkpoints the network;
+        # any other module's sub-steps are recorded by autograd, so whole chunks are
+        # checkpointed: only their boundaries are stored and each is recomputed backwards.
+        use_checkpoint = checkpointing and not self.flux_form
+        layout = None
+        if self.flux_form:  # the operator's sparse structure, once per rollout
+            layout = FluxOperatorLayout.from_edges(graph.edge_index, graph.inverse_mass, len(u))
         outputs = []
         done = 0
         while done < n_frames:
@@ -204,7 +202,9 @@ class HybridModel(nn.Module):
             if use_checkpoint:
                 u, w, frames = checkpoint(self._advance, *args, use_reentrant=True)
             else:
-                u, w, frames = self._advance(*args)
+                u, w, frames = self._advance(
+                    *args, checkpoint_conductance=checkpointing, layout=layout
+                )
             peak = float(frames.detach().abs().max())
             if not math.isfinite(peak) or peak > max_abs:
                 first_bad = _first_bad_frame(frames.detach(), max_abs)
