@@ -224,6 +224,24 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
+def first_beat_maps(
+    out: Path, runs: list[Run], dataset: str, methods: list[str]
+) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+    """The first test beat's activation times on ``dataset``: the truth and, by method label,
+    each finished run's prediction (``<out>/runs/<key>.npz``)."""
+    truth = None
+    maps: dict[str, np.ndarray] = {}
+    for method in methods:
+        run = next((r for r in runs if r.method == method and r.dataset == dataset), None)
+        file = out / "runs" / f"{run.key}.npz" if run else None
+        if file is None or not file.exists():
+            continue
+        with np.load(file) as data:
+            truth = data["at_true"][0] if truth is None else truth
+            maps[LABELS.get(method, method)] = data["at_pred"][0]
+    return truth, maps
+
+
 def plot_activation_maps(
     out: Path, runs: list[Run], dataset_paths: dict[str, Path], methods: list[str]
 ) -> Path | None:
@@ -233,18 +251,10 @@ def plot_activation_maps(
 
     rows = []
     for name, path in dataset_paths.items():
-        maps: dict[str, np.ndarray] = {}
-        for method in methods:
-            run = next((r for r in runs if r.method == method and r.dataset == name), None)
-            file = out / "runs" / f"{run.key}.npz" if run else None
-            if file is None or not file.exists():
-                continue
-            with np.load(file) as data:
-                maps.setdefault("truth", data["at_true"][0])
-                maps[LABELS[method]] = data["at_pred"][0]
+        truth, maps = first_beat_maps(out, runs, name, methods)
         if maps:
             dataset = load_dataset(path)
-            rows.append((name.upper(), dataset.points, dataset.cells, maps))
+            rows.append((name.upper(), dataset.points, dataset.cells, {"truth": truth, **maps}))
     if not rows:
         return None
     return plot_activation_grid(rows, out / "activation_maps.png")

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from leads_server.viewer import comparison_scenes, viewer_payload, write_html
 
 from leads_engine.dataset import load_dataset
 
-from .config import LABELS, Run
+from .config import Run
+from .table import first_beat_maps
 
 __all__ = ["VIEWER_NAME", "write_activation_viewer"]
 
@@ -30,16 +30,7 @@ def write_activation_viewer(
     run has maps yet."""
     scenes = []
     for name, path in dataset_paths.items():
-        truth = None
-        maps: dict[str, np.ndarray] = {}
-        for method in methods:
-            run = next((r for r in runs if r.method == method and r.dataset == name), None)
-            file = out / "runs" / f"{run.key}.npz" if run else None
-            if file is None or not file.exists():
-                continue
-            with np.load(file) as data:
-                truth = data["at_true"][0] if truth is None else truth
-                maps[LABELS.get(method, method)] = data["at_pred"][0]
+        truth, maps = first_beat_maps(out, runs, name, methods)
         if not maps:
             continue
         dataset = load_dataset(path)

@@ -9,16 +9,13 @@ reason. Version 0.1.13 is pinned: later ones need Node 22 (``fs.globSync``).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from http_server import http_server
 from server_calls import save_tiny
 
 SUITE = "@modelcontextprotocol/conformance@0.1.13"
@@ -55,44 +52,15 @@ def _npx_suite() -> list[str]:
     return [npx, "-y", SUITE]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_listening(port: int, process: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"leads-server exited: {process.stderr.read()}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise AssertionError("leads-server did not listen in time")
-
-
 def test_the_conformance_scenarios_pass_over_streamable_http(tmp_path: Path) -> None:
     suite = _npx_suite()
     home = tmp_path / "home"
     save_tiny(home)
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "leads_server.cli", "--no-compile", "--transport", "http"]
-        + ["--port", str(port)],
-        env={**os.environ, "LEADS_HOME": str(home)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        _wait_listening(port, server)
+    with http_server(home) as url:
         results = {}
         for scenario in APPLICABLE:
             run = subprocess.run(
-                [*suite, "server", "--url", f"http://127.0.0.1:{port}/mcp"]
-                + ["--scenario", scenario],
+                [*suite, "server", "--url", url] + ["--scenario", scenario],
                 capture_output=True,
                 text=True,
                 timeout=300,
@@ -102,6 +70,3 @@ def test_the_conformance_scenarios_pass_over_streamable_http(tmp_path: Path) -> 
             results[scenario] = (int(passed.group(1)), int(passed.group(3)))
         failed = {name: counts for name, counts in results.items() if counts[1] or not counts[0]}
         assert not failed, failed
-    finally:
-        server.terminate()
-        server.wait(timeout=60)

@@ -5,11 +5,7 @@ twin. The host's "model" here is a script that does what the prompt says, in its
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +16,7 @@ import anyio
 import httpx2
 import mcp_types as types
 import pytest
+from http_server import http_server
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -69,32 +66,10 @@ class Host:
         return "\n".join(m.content.text for m in prompt.messages), tools
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.fixture
 def http_url(home: Path) -> Any:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "leads_server.cli", "--no-compile", "--transport", "http"]
-        + ["--port", str(port), "--token", TOKEN],
-        env={**os.environ, "LEADS_HOME": str(home)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not _listening(port):
-            assert time.monotonic() < deadline and server.poll() is None
-            time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+    with http_server(home, TOKEN) as url:
+        yield url
 
 
 async def test_a_host_runs_a_whole_discovery_from_the_prompt(http_url: str) -> None:

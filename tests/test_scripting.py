@@ -5,14 +5,13 @@ written."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import leads_server
 import pytest
+from http_server import http_server
 from leads_server.models import CandidateRecord, QueryResult, TrainingResult
 from leads_server.scripting import Figure, ToolCallError, Tools
 
@@ -60,38 +59,11 @@ async def test_stdio_tools_continue_a_session_of_an_earlier_process(home: Path) 
         assert record.session_id == session_id and record.status == "ok"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 async def test_http_tools_with_a_bearer_token(home: Path) -> None:
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "leads_server.cli", "--no-compile", "--transport", "http"]
-        + ["--port", str(port), "--token", "secret"],
-        env={**os.environ, "LEADS_HOME": str(home)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not _listening(port):
-            assert time.monotonic() < deadline and server.poll() is None
-            time.sleep(0.2)
-        url = f"http://127.0.0.1:{port}/mcp"
+    with http_server(home, "secret") as url:
         async with leads_server.connect(url, token="secret") as tools:
             catalogs = await tools.list_catalogs()
             assert len(catalogs.diffusion_templates) == 10
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
 
 
 @pytest.mark.parametrize(
