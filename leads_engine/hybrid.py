@@ -116,6 +116,10 @@ class HybridModel(nn.Module):
         """
         p = self.reaction.physical_parameters()
         frames = []
+        # a frozen network (a baseline that trains the reaction only) has nothing to recompute
+        checkpoint_conductance = checkpoint_conductance and any(
+            parameter.requires_grad for parameter in self.diffusion.parameters()
+        )
         if self.flux_form:
             if layout is None:
                 layout = FluxOperatorLayout.from_edges(

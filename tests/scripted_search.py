@@ -80,10 +80,13 @@ def scripted_search(
     model: ScriptedModel | None = None,
     dataset: str = "tiny",
     report: Path | None = None,
+    anonymise: bool = True,
 ) -> tuple[Any, list[StepTokens], FakeEndpoint]:
     """Run ``budget`` steps (1 epoch each, no fine-tuning) with the scripted model behind a
     fake endpoint; the run's result, its tokens per step and the (stopped) endpoint. The
-    report is written to ``report`` when given."""
+    report is written to ``report`` when given. An anonymised session draws its aliases at
+    random, so the scripted model's n-th structure is another real reaction every run; pass
+    ``anonymise=False`` where the fits must be the same every run."""
     from leads_agent.agent import RunConfig, run_search
     from leads_agent.connection import connect
     from leads_agent.llm import LLMPolicy, RetryPolicy, agent_tools
@@ -114,7 +117,9 @@ def scripted_search(
                         retry=retry,
                     )
                 policy = MeteredPolicy(LLMPolicy(backend))
-                config = RunConfig(dataset=dataset, budget=budget, epochs=1, finetune=0)
+                config = RunConfig(
+                    dataset=dataset, budget=budget, epochs=1, finetune=0, anonymise=anonymise
+                )
                 try:
                     result = await run_search(conn, policy, config, QuietView())
                 finally:
