@@ -58,7 +58,8 @@ def test_discover_stops_resumes_and_reports(tiny_home: Path, capsys: pytest.Capt
     assert len(searched) == BUDGET
     assert [c["step"] for c in searched] == list(range(1, BUDGET + 1))
     assert summary["anonymised"] is True
-    assert all(c["reaction"].startswith("reaction_") for c in searched)
+    assert all(c["reaction"].startswith("reaction_") or c["reaction"] == "neural" for c in searched)
+    assert any(c["reaction"] == "neural" for c in searched)  # all six screened
 
     # screening: the first steps compare reactions under laplacian_global, and the search
     # then keeps the reaction with the lowest validation loss under that diffusion
