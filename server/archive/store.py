@@ -42,10 +42,7 @@ by FOREIGN KEY constraints (DuckDB's foreign keys are limited, and the rules her
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import decimal
 import json
-import math
 import os
 import threading
 import uuid
@@ -75,6 +72,7 @@ from .schema import (
     stop_interrupted_sessions,
     utcnow,
 )
+from .values import dump_json, opt_float, opt_int
 
 
 def default_archive_path() -> Path:
@@ -89,42 +87,6 @@ def _new_id(prefix: str) -> str:
 def new_session_id() -> str:
     """A fresh session id ``s-<12 hex>`` (to write a session's truth before its row)."""
     return _new_id("s")
-
-
-def _finite_or_none(value: Any) -> Any:
-    """Replace NaN/inf (not valid JSON) by None, recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(key): _finite_or_none(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(item) for item in value]
-    return value
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
-        return _finite_or_none(value.tolist())
-    if isinstance(value, (Path, dt.date, dt.datetime, decimal.Decimal, uuid.UUID)):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def _dump_json(value: Any) -> str | None:
-    if value is None:
-        return None
-    try:
-        return json.dumps(_finite_or_none(value), default=_json_default, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ArchiveError(f"cannot store as JSON: {exc}") from exc
-
-
-def _opt_float(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def _opt_int(value: Any) -> int | None:
-    return None if value is None else int(value)
 
 
 def _check_choice(kind: str, value: str, choices: Sequence[str]) -> None:
@@ -302,10 +264,10 @@ class Archive:
                     utcnow(),
                     dataset,
                     None if dataset_path is None else str(dataset_path),
-                    _opt_int(budget),
+                    opt_int(budget),
                     bool(anonymise),
-                    _opt_int(seed),
-                    _dump_json(config),
+                    opt_int(seed),
+                    dump_json(config),
                 ],
             )
             refresh_session_status(con, session_id)
@@ -372,7 +334,7 @@ class Archive:
                     spec.parent_id,
                     spec.reaction,
                     spec.diffusion,
-                    _dump_json(spec.model_dump()),
+                    dump_json(spec.model_dump()),
                     spec.diffusion_source,
                     spec.code_hash(),
                     status,
@@ -417,9 +379,9 @@ class Archive:
                 [
                     candidate_id,
                     int(epoch),
-                    _opt_float(train_loss),
-                    _opt_float(val_loss),
-                    _opt_float(wall_seconds),
+                    opt_float(train_loss),
+                    opt_float(val_loss),
+                    opt_float(wall_seconds),
                 ],
             )
 
@@ -454,12 +416,12 @@ class Archive:
                 "weights = ? WHERE candidate_id = ? AND status = 'pending'",
                 [
                     status,
-                    _opt_float(train_loss),
-                    _opt_float(val_loss),
-                    _opt_int(best_epoch),
-                    _opt_int(parameter_count),
-                    _opt_float(wall_seconds),
-                    _dump_json(metrics),
+                    opt_float(train_loss),
+                    opt_float(val_loss),
+                    opt_int(best_epoch),
+                    opt_int(parameter_count),
+                    opt_float(wall_seconds),
+                    dump_json(metrics),
                     diagnosis,
                     error,
                     None if weights is None else bytes(weights),
@@ -559,7 +521,7 @@ class Archive:
             step = int(found[0]) if found else 1
             con.execute(
                 "INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?)",
-                [session_id, step, thought, _dump_json(action), observation, utcnow()],
+                [session_id, step, thought, dump_json(action), observation, utcnow()],
             )
         return step
 
@@ -579,9 +541,9 @@ class Archive:
                 [
                     candidate_id,
                     split,
-                    _opt_float(mse),
-                    _opt_float(at_mae),
-                    _dump_json(metrics),
+                    opt_float(mse),
+                    opt_float(at_mae),
+                    dump_json(metrics),
                     utcnow(),
                 ],
             )
@@ -596,7 +558,7 @@ class Archive:
             if draft is not None:
                 con.execute(
                     "INSERT INTO drafts VALUES (?, ?, ?)",
-                    [session_id, _dump_json(draft), utcnow()],
+                    [session_id, dump_json(draft), utcnow()],
                 )
 
     def load_draft(self, session_id: str) -> dict[str, Any] | None:
