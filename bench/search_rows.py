@@ -32,6 +32,7 @@ from leads_agent.agent import RunConfig, RunResult, run_search
 from leads_agent.cli import make_policy
 from leads_agent.connection import ServerConnection, connect
 from leads_agent.ui import QuietView
+from leads_server.anonymise import ReactionAliases
 from leads_server.archive.truth import TruthStore
 
 from leads_engine.dataset import EPDataset, load_dataset
@@ -213,12 +214,10 @@ async def read_final_model(
 def real_spec(archive_path: Path, result: RunResult, shown: dict[str, Any]) -> CandidateSpec:
     """A spec as the session shows it, with the real reaction name behind its alias (from the
     session's truth file when the session is anonymised)."""
-    fields = dict(shown)
-    if result.anonymised:
-        truth = TruthStore(archive_path).read(result.session_id)
-        real_of = {alias: real for real, alias in truth.aliases.items()}
-        fields["reaction"] = real_of.get(fields.get("reaction"), fields.get("reaction"))
-    return CandidateSpec.model_validate(fields)
+    if not result.anonymised:
+        return CandidateSpec.model_validate(shown)
+    aliases = ReactionAliases(TruthStore(archive_path).read(result.session_id).aliases)
+    return CandidateSpec.model_validate(aliases.real_fields(shown))
 
 
 def first_beat_activation_maps(

@@ -10,7 +10,6 @@ builds it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -341,12 +340,13 @@ class Drafts:
         """Refuse (no budget spent, the draft kept) a structure this session already trained to
         an end (``ok`` or ``unstable``): the same reaction, diffusion, hyper-parameters and code.
         A candidate that failed or was cancelled may be trained again."""
-        structure = _structure(session.aliases.shown_spec(spec).model_dump())
+        shown = session.aliases.shown_spec(spec)
+        structure = _structure(shown.model_dump(), shown.code_hash())
         for earlier in self.reads.archive.list_candidates(session.session_id):
             if (
                 earlier.operation in SEARCH_OPERATIONS
                 and earlier.status in ("ok", "unstable")
-                and _structure(earlier.spec or {}) == structure
+                and _structure(earlier.spec or {}, earlier.code_hash) == structure
             ):
                 loss = "n/a" if earlier.val_loss is None else f"{earlier.val_loss:.4g}"
                 raise DiscoveryError(
@@ -358,15 +358,15 @@ class Drafts:
                 )
 
 
-def _structure(spec: dict[str, Any]) -> tuple[Any, ...]:
-    """What makes two archived specs (as the session shows them) the same model structure."""
-    source = spec.get("diffusion_source")
+def _structure(spec: dict[str, Any], code_hash: str | None) -> tuple[Any, ...]:
+    """What makes two specs (as the session shows them) the same model structure; ``code_hash``
+    is the spec's (and the archive's) hash of edited code."""
     return (
         spec.get("reaction"),
         json.dumps(spec.get("reaction_hyperparameters") or {}, sort_keys=True),
         spec.get("diffusion"),
         json.dumps(spec.get("diffusion_hyperparameters") or {}, sort_keys=True, default=str),
-        None if source is None else hashlib.sha256(source.encode()).hexdigest(),
+        code_hash,
     )
 
 
