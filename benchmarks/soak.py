@@ -301,7 +301,14 @@ class SoakClient:
         shift = self.index + number
         draft = (
             ("select_reaction", {"reaction": REACTIONS[shift % len(REACTIONS)]}),
-            ("select_diffusion", {"template": TEMPLATES[shift % len(TEMPLATES)]}),
+            # a round's own initial conductivity: the server refuses a structure trained before
+            (
+                "select_diffusion",
+                {
+                    "template": TEMPLATES[shift % len(TEMPLATES)],
+                    "hyperparameters": {"conductivity": 1.0 + 0.01 * number},
+                },
+            ),
         )
         for tool, arguments in draft:
             if not quota.take():
