@@ -501,6 +501,18 @@ class SoakReport:
         cuts = statistics.quantiles(values, n=100, method="inclusive")
         return cuts[49], cuts[94], len(values)
 
+    def per_tool_latency(self) -> str:
+        """Each tool's median and 95th-percentile latency (ms), to find which call is slow."""
+        parts = []
+        for tool, timings in sorted(self.ledger.latencies.items()):
+            values = sorted(seconds * 1000 for seconds in timings)
+            if len(values) >= 2:
+                cuts = statistics.quantiles(values, n=100, method="inclusive")
+                parts.append(f"{tool} {cuts[49]:.0f}/{cuts[94]:.0f}")
+            elif values:
+                parts.append(f"{tool} {values[0]:.0f}")
+        return ", ".join(parts)
+
     def lines(self) -> list[str]:
         mib = 1024 * 1024
         per_tool = ", ".join(f"{tool} {n}" for tool, n in sorted(self.ledger.calls.items()))
@@ -518,6 +530,7 @@ class SoakReport:
             f"non-job calls: {other[2]}, latency p50 {other[0]:.0f} ms, p95 {other[1]:.0f} ms",
             f"job calls (train/evaluate): {jobs[2]}, latency p50 {jobs[0]:.0f} ms, "
             f"p95 {jobs[1]:.0f} ms",
+            f"per tool, p50/p95 ms: {self.per_tool_latency()}",
             f"trainings: {len(self.ledger.trained)} ({dict(sorted(statuses.items()))})",
             f"evaluations: {sum(self.ledger.evaluations.values())}",
         ]

@@ -201,7 +201,7 @@ async def test_a_restored_session_does_not_count_cancelled_candidates(home: Path
         again.close()
 
 
-async def test_candidates_come_with_their_figures_as_images(client: Client) -> None:
+async def test_candidates_come_with_their_figures_as_images(client: Client, home: Path) -> None:
     session_id = await start(client)
     await _draft(client, session_id)
     trained, _ = await train(client, session_id)
@@ -209,6 +209,11 @@ async def test_candidates_come_with_their_figures_as_images(client: Client) -> N
     before = await client.call_tool("get_candidate", {"candidate_id": candidate_id})
     curves = _images(before)
     assert len(curves) == 1 and curves[0].startswith(PNG)  # drawn from the epochs
+    # a final candidate's curves are drawn once and kept: asking again reads the file
+    kept = home / "runs" / session_id / candidate_id / "training_curves.png"
+    assert kept.read_bytes() == curves[0]
+    again = _images(await client.call_tool("get_candidate", {"candidate_id": candidate_id}))
+    assert again == curves
     evaluated = await client.call_tool(
         "evaluate_candidate", {"session_id": session_id, "candidate_id": candidate_id}
     )
