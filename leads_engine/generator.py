@@ -94,13 +94,6 @@ class BenchmarkConfig:
         if self.fibers == "none" and self.anisotropy != 1.0:
             raise ValueError("an anisotropy other than 1 needs fibres (fibers 'rule' or 'mesh')")
 
-    def meta(self) -> dict[str, Any]:
-        """The config as stored in a data set's meta (isotropic sets: as before fibres existed)."""
-        fields = asdict(self)
-        if self.fibers == "none":
-            del fields["fibers"], fields["anisotropy"]
-        return fields
-
 
 def tissue_mesh(mesh: Mesh, config: BenchmarkConfig) -> Mesh:
     """The mesh with the fibre field ``config.fibers`` asks for (none: the plain mesh)."""
@@ -253,7 +246,7 @@ def generate_benchmark(
         "mesh": mesh.name,
         "scar_center": conductivity.scar_center,
         "scar_nodes": int(conductivity.scar_mask.sum()),
-        "config": config.meta(),
+        "config": asdict(config),
         "seed": config.seed,
         "noise_std": config.noise_std,
         "units": {"t": "ms", "points": "mm", "conductivity": "mm^2/ms", "u": "normalised TMP"},
