@@ -154,6 +154,13 @@ class EPDataset:
         return self.extras.get("fibers")
 
     @property
+    def fibers_per(self) -> str | None:
+        """Where the fibres sit: ``"node"``, ``"cell"`` (``None`` without fibres)."""
+        if self.fibers is None:
+            return None
+        return _fibers_per(self.meta) or ("node" if len(self.fibers) == self.n_nodes else "cell")
+
+    @property
     def anisotropy(self) -> float:
         """Ratio of the conductivities along/across the fibres (1.0 without fibres)."""
         return float(self.meta.get("fibers", {}).get("anisotropy", 1.0))
@@ -188,6 +195,11 @@ class EPDataset:
             else [float(self.conductivity.min()), float(self.conductivity.max())],
             "noise_std": self.meta.get("noise_std", 0.0),
             "seed": self.meta.get("seed"),
+            **(
+                {}
+                if self.fibers is None
+                else {"fibers": f"per {self.fibers_per}", "anisotropy": self.anisotropy}
+            ),
         }
 
     def save(self, path: str | Path) -> Path:

@@ -271,8 +271,10 @@ def test_a_data_set_keeps_its_fibres_through_a_file(ventricle, tmp_path):
     loaded = load_dataset(data.save(tmp_path / "fibred.npz"))
     np.testing.assert_allclose(loaded.fibers, ventricle.fibers)
     assert loaded.anisotropy == 3.0 and loaded.mesh().fibers_per == "node"
+    assert loaded.summary()["fibers"] == "per node" and loaded.summary()["anisotropy"] == 3.0
     plain = EPDataset(**dataset_fields(ventricle))
     assert plain.fibers is None and plain.mesh().fibers is None and plain.anisotropy == 1.0
+    assert "fibers" not in plain.summary() and "anisotropy" not in plain.summary()
 
 
 @pytest.mark.parametrize(
