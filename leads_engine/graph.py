@@ -24,9 +24,11 @@ FE stiffness exactly.
 When the mesh carries a fibre field (:attr:`Mesh.fibers`) the graph also carries the two maps
 of the anisotropic stiffness (:func:`fiber_conductance_maps`):
 ``w_ij = C^along_ij . sigma_l + C^across_ij . sigma_t`` with per-node along/across
-conductivities, which :meth:`MeshGraph.fiber_edge_conductance` applies. Such conductances can
-be negative on some edges (an anisotropic FE stiffness is not an M-matrix); the flux form and
-its integrator do not need them positive.
+conductivities, which :meth:`MeshGraph.fiber_edge_conductance` applies, and each edge's
+alignment with the fibres (``edge_fiber_alignment``: ``cos^2`` of the angle, an edge feature a
+neural template may read; ``None`` without fibres). Anisotropic conductances can be negative
+on some edges (an anisotropic FE stiffness is not an M-matrix); the flux form and its
+integrator do not need them positive.
 """
 
 from __future__ import annotations
@@ -106,6 +108,33 @@ def _local_conductance_map(mesh: Mesh, local: np.ndarray) -> sp.csr_matrix:
     ).tocsr()
 
 
+def edge_fiber_alignment(mesh: Mesh) -> np.ndarray:
+    """``cos^2`` of the angle between each directed edge and the fibres, ``[2 * n_edges]``.
+
+    Averaged over the (one or two) cells that hold the edge: 1 for an edge along the fibres, 0
+    for one across them; symmetric in ``i, j`` and blind to a fibre's sign. Rows follow
+    :attr:`Mesh.edge_index`. Raises :class:`FiberFieldMissing` when the mesh has no fibres.
+    """
+    if mesh.cell_fibers is None:
+        raise FiberFieldMissing(f"mesh {mesh.name!r} has no fibre field")
+    directed = mesh.edge_index.numpy()
+    keys = directed[0] * mesh.n_nodes + directed[1]
+    k = mesh.cells.shape[1]
+    total = np.zeros(len(keys))
+    count = np.zeros(len(keys))
+    for a in range(k):
+        for b in range(k):
+            if a != b:
+                i, j = mesh.cells[:, a], mesh.cells[:, b]
+                rows = np.searchsorted(keys, i * mesh.n_nodes + j)
+                direction = mesh.points[j] - mesh.points[i]
+                cosine = np.einsum("cd,cd->c", direction, mesh.cell_fibers)
+                cosine /= np.linalg.norm(direction, axis=1)
+                total += np.bincount(rows, cosine**2, minlength=len(keys))
+                count += np.bincount(rows, minlength=len(keys))
+    return total / count
+
+
 def _gather_table(matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
     """Rows of a sparse matrix as padded ``(column index, value)`` tables (padding: 0, 0.0)."""
     matrix = sp.csr_matrix(matrix)
@@ -144,6 +173,9 @@ class MeshGraph:
     along_coefficients: torch.Tensor | None = None
     across_nodes: torch.Tensor | None = None
     across_coefficients: torch.Tensor | None = None
+    #: ``[B*2E]`` cos^2 of each edge's angle to the fibres (:func:`edge_fiber_alignment`): an
+    #: edge feature for neural templates; ``None`` when the mesh has no fibres
+    edge_fiber_alignment: torch.Tensor | None = None
 
     @classmethod
     def from_mesh(
@@ -181,6 +213,7 @@ class MeshGraph:
                 part_nodes, part_coefficients = _gather_table(matrix)
                 fiber_tables[f"{part}_nodes"] = torch.as_tensor(part_nodes, device=device)
                 fiber_tables[f"{part}_coefficients"] = tensor(part_coefficients)
+            fiber_tables["edge_fiber_alignment"] = tensor(np.tile(edge_fiber_alignment(mesh), b))
         return cls(
             num_nodes=n,
             batch_size=b,

@@ -16,7 +16,13 @@ from leads_engine.fibers import (
     rule_based_fibers,
     validate_fibers,
 )
-from leads_engine.graph import FiberFieldMissing, MeshGraph, conductance_map, fiber_conductance_maps
+from leads_engine.graph import (
+    FiberFieldMissing,
+    MeshGraph,
+    conductance_map,
+    edge_fiber_alignment,
+    fiber_conductance_maps,
+)
 from leads_engine.heart_mesh import make_lv_mesh
 from leads_engine.mesh import Mesh, MeshError, load_mesh
 
@@ -251,6 +257,19 @@ def test_graph_conductances_reproduce_the_tensor_laplacian(ventricle):
     laplacian = ventricle.laplacian(along, transverse=across)
     expected = np.concatenate([laplacian @ sample for sample in u])
     np.testing.assert_allclose(rate.numpy().ravel(), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_edge_alignment_with_the_fibres():
+    mesh = sheet()
+    fibred = mesh.with_fibers(in_plane(30.0, mesh.n_nodes))
+    alignment = edge_fiber_alignment(fibred)
+    src, dst = mesh.edge_index.numpy()
+    direction = mesh.points[dst] - mesh.points[src]
+    angle = np.degrees(np.arctan2(direction[:, 1], direction[:, 0]))
+    np.testing.assert_allclose(alignment, np.cos(np.radians(angle - 30.0)) ** 2, atol=1e-12)
+    graph = MeshGraph.from_mesh(fibred, 2)
+    assert graph.edge_fiber_alignment.shape == (2 * len(src),)
+    assert MeshGraph.from_mesh(mesh, 2).edge_fiber_alignment is None
 
 
 def test_a_graph_without_fibres_says_what_to_do():
