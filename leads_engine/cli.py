@@ -74,6 +74,20 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--method", default="euler", help="torchdiffeq method (default euler)")
     gen.add_argument("--noise", type=float, default=0.0, help="std of Gaussian observation noise")
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument(
+        "--fibers",
+        choices=("none", "rule", "mesh"),
+        default="none",
+        help="fibre field: none (isotropic, default), rule (helix about the long axis) or mesh "
+        "(the --mesh file's point/cell data 'fibers', 'fibres', 'fiber', 'fibre' or 'f0')",
+    )
+    gen.add_argument(
+        "--anisotropy",
+        type=float,
+        default=None,
+        help="ratio R of the conductivities along/across the fibres (speeds differ by sqrt(R)); "
+        "default 3 with --fibers rule|mesh",
+    )
     gen.add_argument("--force", action="store_true", help="overwrite an existing data set")
 
     egm = commands.add_parser(
@@ -156,7 +170,16 @@ def _generate(args: argparse.Namespace, console: Console) -> int:
     reactions = [resolve_reaction_name(r) for r in args.reaction]
     if args.name and len(reactions) > 1:
         raise ValueError("--name applies to one reaction only")
-    mesh = load_mesh(args.mesh) if args.mesh else None
+    if args.fibers == "mesh" and not args.mesh:
+        raise ValueError("--fibers mesh reads the fibres of a --mesh file; give one")
+    if args.fibers == "none" and args.anisotropy not in (None, 1.0):
+        raise ValueError("--anisotropy needs a fibre field: add --fibers rule (or mesh)")
+    anisotropy = args.anisotropy
+    if anisotropy is None:
+        anisotropy = 3.0 if args.fibers != "none" else 1.0
+    fibers = {"fibers": args.fibers, "anisotropy": anisotropy}
+    mesh_fibers = "auto" if args.fibers == "mesh" else None
+    mesh = load_mesh(args.mesh, fibers=mesh_fibers) if args.mesh else None
     folder = args.out or datasets_dir()
     for alias in args.reaction:
         config = BenchmarkConfig(
@@ -169,6 +192,7 @@ def _generate(args: argparse.Namespace, console: Console) -> int:
             method=args.method,
             noise_std=args.noise,
             seed=args.seed,
+            **fibers,
         )
         name = args.name or alias.lower()
         path = folder / f"{name}.npz"

@@ -35,11 +35,18 @@ knows: the trainer then starts each sample from its pacing site (``u = 1`` withi
 ``meta["pacing"]["radius_mm"]``, default 6 mm, of graph distance, as the generator does).
 :func:`load_dataset` validates every field and refuses a corrupted or inconsistent file with
 a :class:`DatasetError` that names the field.
+
+An anisotropic set adds ``fibers`` (``[nodes, 3]`` or ``[cells, 3]`` float64, unit fibre
+directions, tangent to a surface mesh; see :mod:`leads_engine.fibers`) and ``meta["fibers"] =
+{"source": "rule" | "mesh", "per": "node" | "cell", "anisotropy": R}``: ``conductivity`` is
+then the conductivity along the fibres and ``conductivity / R`` the one across them (``R`` is
+a ratio of conductivities; conduction speeds differ by ``sqrt(R)``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import zipfile
 import zlib
@@ -54,7 +61,7 @@ from .mesh import Mesh, MeshError
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 REQUIRED_KEYS = ("points", "cells", "u", "t", "pacing_site", "split", "conductivity", "meta")
-OPTIONAL_KEYS = ("H", "signals", "measured_activation_times", "electrode_positions")
+OPTIONAL_KEYS = ("H", "signals", "measured_activation_times", "electrode_positions", "fibers")
 #: Keys a recording (a file with ``signals``) may leave out.
 RECORDING_OPTIONAL_KEYS = ("u", "conductivity")
 OBSERVATION_KINDS = ("tmp", "lead_field", "contact_nodes")
@@ -141,8 +148,29 @@ class EPDataset:
             self._initial_tmp = region.T.astype(np.float32)
         return self._initial_tmp[selected]
 
+    @property
+    def fibers(self) -> np.ndarray | None:
+        """The fibre field ``[nodes or cells, 3]`` of an anisotropic set, else ``None``."""
+        return self.extras.get("fibers")
+
+    @property
+    def fibers_per(self) -> str | None:
+        """Where the fibres sit: ``"node"``, ``"cell"`` (``None`` without fibres)."""
+        if self.fibers is None:
+            return None
+        return _fibers_per(self.meta) or ("node" if len(self.fibers) == self.n_nodes else "cell")
+
+    @property
+    def anisotropy(self) -> float:
+        """Ratio of the conductivities along/across the fibres (1.0 without fibres)."""
+        return float(self.meta.get("fibers", {}).get("anisotropy", 1.0))
+
     def mesh(self) -> Mesh:
-        return Mesh(self.points, self.cells, name=str(self.meta.get("mesh", "mesh")))
+        """The data set's mesh, with its fibre field when it has one."""
+        name = str(self.meta.get("mesh", "mesh"))
+        if self.fibers is None:
+            return Mesh(self.points, self.cells, name=name)
+        return Mesh(self.points, self.cells, name, self.fibers, _fibers_per(self.meta))
 
     def indices(self, split: str) -> np.ndarray:
         """Sample indices of one split (``train``, ``val`` or ``test``)."""
@@ -167,6 +195,11 @@ class EPDataset:
             else [float(self.conductivity.min()), float(self.conductivity.max())],
             "noise_std": self.meta.get("noise_std", 0.0),
             "seed": self.meta.get("seed"),
+            **(
+                {}
+                if self.fibers is None
+                else {"fibers": f"per {self.fibers_per}", "anisotropy": self.anisotropy}
+            ),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -264,6 +297,32 @@ def validate(ds: EPDataset) -> None:
         )
     _require(isinstance(ds.meta, dict), "meta: must be a JSON object")
     validate_recording_fields(ds.extras, ds.meta, samples, frames, nodes)
+    if "fibers" in ds.extras:
+        _validate_fibers(ds, mesh)
+
+
+def _fibers_per(meta: dict[str, Any]) -> Any:
+    """``meta["fibers"]["per"]`` ("node" or "cell") or ``None`` (decided by the row count)."""
+    info = meta.get("fibers")
+    return info.get("per") if isinstance(info, dict) else None
+
+
+def _validate_fibers(ds: EPDataset, mesh: Mesh) -> None:
+    """The fibre field (unit vectors, tangent on a surface) and ``meta["fibers"]``."""
+    info = ds.meta.get("fibers", {})
+    _require(isinstance(info, dict), "meta.fibers: must be a JSON object")
+    per = info.get("per")
+    _require(per in (None, "node", "cell"), f"meta.fibers.per: {per!r} is not 'node' or 'cell'")
+    anisotropy = info.get("anisotropy", 1.0)
+    _require(
+        isinstance(anisotropy, int | float) and math.isfinite(anisotropy) and anisotropy > 0,
+        f"meta.fibers.anisotropy: must be a positive number, got {anisotropy!r}",
+    )
+    try:
+        checked = mesh.with_fibers(ds.extras["fibers"], per)
+    except MeshError as exc:
+        raise DatasetError(f"fibers: {exc}") from exc
+    ds.extras["fibers"] = np.array(checked.fibers)
 
 
 def _validate_tmp(ds: EPDataset, nodes: int) -> None:

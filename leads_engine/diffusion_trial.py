@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from .diffusion import DiffusionSpecError, load_diffusion_class
+from .fibers import rule_based_fibers
 from .graph import MeshGraph
 from .heart_mesh import make_lv_mesh
 from .sandbox import EDITED_FILENAME, SandboxError, SandboxLimits, Violation, Worker, check_source
@@ -75,7 +76,8 @@ def dynamic_check(
     propagate to the worker, which trims their traceback.
     """
 
-    graph = MeshGraph.from_mesh(make_lv_mesh(num_nodes), batch_size)
+    mesh = make_lv_mesh(num_nodes)  # with fibres, so that anisotropic templates can run
+    graph = MeshGraph.from_mesh(mesh.with_fibers(rule_based_fibers(mesh)), batch_size)
     rows, edges = batch_size * num_nodes, int(graph.edge_index.shape[1])
     torch.manual_seed(0)
     try:

@@ -13,6 +13,12 @@ The conductivity map makes diffusion more than the plain mesh Laplacian:
 
 with ``d`` the geodesic distance to the scar centre, ``r`` the scar core radius, ``b`` its
 border width and ``rho`` the scar's relative conductivity.
+
+An anisotropic set (``fibers="rule"`` or ``"mesh"``) uses the conductivity tensor
+``D = sigma_t I + (sigma_l - sigma_t) f f^T`` with ``sigma_l = sigma(x)`` along the fibres and
+``sigma_t = sigma(x) / R`` across them, ``R = anisotropy`` a ratio of *conductivities* (speeds
+differ by ``sqrt(R)``): along the fibres a wave runs as fast as in the isotropic set, and the
+explicit step stays as stable (``D <= sigma I``).
 """
 
 from __future__ import annotations
@@ -28,10 +34,14 @@ import torch
 
 from . import __version__
 from .dataset import SPLITS, DatasetError, EPDataset, datasets_dir, resolve_dataset_path
+from .fibers import rule_based_fibers
 from .heart_mesh import bundled_mesh
 from .mesh import Mesh
 from .reactions import build_reaction, resolve_reaction_name
 from .simulator import Pacing, simulate
+
+#: where an anisotropic set's fibres come from (``none``: an isotropic set)
+FIBER_SOURCES = ("none", "rule", "mesh")
 
 #: Progress callback: fraction of the simulation done, in [0, 1].
 ProgressCallback = Callable[[float], None]
@@ -57,6 +67,11 @@ class BenchmarkConfig:
     pacing_radius_mm: float = 6.0
     noise_std: float = 0.0
     seed: int = 0
+    #: fibre field: "none" (isotropic), "rule" (rule-based helix about the long axis) or
+    #: "mesh" (the mesh's own, read from its file's point or cell data)
+    fibers: str = "none"
+    #: ratio of the conductivities along/across the fibres (speeds differ by its square root)
+    anisotropy: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "reaction", resolve_reaction_name(self.reaction))
@@ -72,6 +87,26 @@ class BenchmarkConfig:
             raise ValueError("need duration > 0 and frame interval >= step size")
         if self.noise_std < 0:
             raise ValueError("noise_std must be >= 0")
+        if self.fibers not in FIBER_SOURCES:
+            raise ValueError(f"fibers must be one of {FIBER_SOURCES}, got {self.fibers!r}")
+        if not (self.anisotropy > 0 and np.isfinite(self.anisotropy)):
+            raise ValueError(f"anisotropy must be a positive ratio, got {self.anisotropy}")
+        if self.fibers == "none" and self.anisotropy != 1.0:
+            raise ValueError("an anisotropy other than 1 needs fibres (fibers 'rule' or 'mesh')")
+
+
+def tissue_mesh(mesh: Mesh, config: BenchmarkConfig) -> Mesh:
+    """The mesh with the fibre field ``config.fibers`` asks for (none: the plain mesh)."""
+    if config.fibers == "none":
+        return mesh if mesh.fibers is None else Mesh(mesh.points, mesh.cells, mesh.name)
+    if config.fibers == "rule":
+        return mesh.with_fibers(rule_based_fibers(mesh), "node")
+    if mesh.fibers is None:
+        raise ValueError(
+            f"fibers 'mesh' needs a mesh with a fibre field; {mesh.name!r} has none (read it "
+            "with load_mesh(path, fibers='auto'), or use fibers 'rule')"
+        )
+    return mesh
 
 
 @dataclass(frozen=True)
@@ -154,7 +189,7 @@ def generate_benchmark(
     name: str | None = None,
 ) -> EPDataset:
     """Simulate a benchmark data set (deterministic under ``config.seed``)."""
-    mesh = mesh or bundled_mesh()
+    mesh = tissue_mesh(mesh or bundled_mesh(), config)
     rng = np.random.default_rng(config.seed)
     conductivity = conductivity_map(mesh, config, rng)
     sites = choose_pacing_sites(
@@ -165,7 +200,9 @@ def generate_benchmark(
     frames = int(round(config.duration_ms / config.frame_interval_ms)) + 1
     t = np.arange(frames) * config.frame_interval_ms
     reaction = build_reaction(config.reaction, learnable=False, **config.reaction_parameters)
-    laplacian = mesh.laplacian(conductivity.sigma)
+    anisotropic = config.fibers != "none"
+    transverse = conductivity.sigma / config.anisotropy if anisotropic else None
+    laplacian = mesh.laplacian(conductivity.sigma, transverse=transverse)
     distances = mesh.graph_distances(sites)
     pacing = Pacing(sites.tolist(), mode="initial", radius=config.pacing_radius_mm)
 
@@ -215,6 +252,16 @@ def generate_benchmark(
         "units": {"t": "ms", "points": "mm", "conductivity": "mm^2/ms", "u": "normalised TMP"},
         "simulation_seconds": round(elapsed, 3),
     }
+    extras: dict[str, np.ndarray] = {}
+    if anisotropic:
+        meta["diffusion"] = "fe_laplacian_anisotropic"
+        meta["fibers"] = {
+            "source": config.fibers,
+            "per": mesh.fibers_per,
+            "anisotropy": config.anisotropy,
+            "ratio_of": "conductivities along/across the fibres; speeds differ by its sqrt",
+        }
+        extras["fibers"] = np.asarray(mesh.fibers)
     return EPDataset(
         points=mesh.points,
         cells=mesh.cells,
@@ -224,6 +271,7 @@ def generate_benchmark(
         split=split,
         conductivity=conductivity.sigma,
         meta=meta,
+        extras=extras,
     )
 
 

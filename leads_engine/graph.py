@@ -20,6 +20,15 @@ positive cotangent/FE conductances ``-K_ij`` for unit conductivity), ``inverse_m
 :meth:`MeshGraph.edge_conductance`, the linear map from per-node conductivity to edge
 conductances, so that ``(K(sigma) u)_i = sum_j w_ij(sigma) (u_i - u_j)`` reproduces the mesh's
 FE stiffness exactly.
+
+When the mesh carries a fibre field (:attr:`Mesh.fibers`) the graph also carries the two maps
+of the anisotropic stiffness (:func:`fiber_conductance_maps`):
+``w_ij = C^along_ij . sigma_l + C^across_ij . sigma_t`` with per-node along/across
+conductivities, which :meth:`MeshGraph.fiber_edge_conductance` applies, and each edge's
+alignment with the fibres (``edge_fiber_alignment``: ``cos^2`` of the angle, an edge feature a
+neural template may read; ``None`` without fibres). Anisotropic conductances can be negative
+on some edges (an anisotropic FE stiffness is not an M-matrix); the flux form and its
+integrator do not need them positive.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .fibers import stiffness_parts
 from .graph_operator import GraphOperator
 from .mesh import Mesh
 
@@ -37,6 +47,10 @@ from .mesh import Mesh
 def _block_diagonal(matrix: sp.spmatrix, batch_size: int, dtype, device) -> GraphOperator:
     """``batch_size`` copies of ``matrix`` on the diagonal, as a sparse CSR graph operator."""
     return GraphOperator.from_scipy(sp.block_diag([matrix] * batch_size), dtype, device)
+
+
+class FiberFieldMissing(ValueError):
+    """An anisotropic operator was asked of a graph whose mesh has no fibre field."""
 
 
 def conductance_map(mesh: Mesh) -> sp.csr_matrix:
@@ -47,10 +61,33 @@ def conductance_map(mesh: Mesh) -> sp.csr_matrix:
     ``w_ij = -K_ij = -sum_e sigma_e K^e_ij``, linear in the node values. Rows follow the order
     of :attr:`Mesh.edge_index`.
     """
+    gradients = mesh._gradients  # [cells, k, dim]
+    return _local_conductance_map(
+        mesh, gradients @ gradients.transpose(0, 2, 1) * mesh.cell_measures[:, None, None]
+    )
+
+
+def fiber_conductance_maps(mesh: Mesh) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """The along- and across-fibre maps ``C^along, C^across`` (each like :func:`conductance_map`).
+
+    ``C^along sigma_l + C^across sigma_t`` are the conductances ``-K_ij`` of the tensor
+    ``D = sigma_t I + (sigma_l - sigma_t) f f^T`` (cell values: the mean of the nodes', as in
+    ``mesh.stiffness(sigma_l, transverse=sigma_t)``); ``C^along + C^across`` is the isotropic
+    map. Raises :class:`FiberFieldMissing` when the mesh has no fibres.
+    """
+    if mesh.cell_fibers is None:
+        raise FiberFieldMissing(f"mesh {mesh.name!r} has no fibre field")
+    along, across = stiffness_parts(mesh.points, mesh.cells, mesh.cell_fibers)
+    measures = mesh.cell_measures[:, None, None]
+    return _local_conductance_map(mesh, along * measures), _local_conductance_map(
+        mesh, across * measures
+    )
+
+
+def _local_conductance_map(mesh: Mesh, local: np.ndarray) -> sp.csr_matrix:
+    """The conductance map of local stiffness matrices ``[cells, k, k]`` (per unit sigma)."""
     cells = mesh.cells
     k = cells.shape[1]
-    gradients = mesh._gradients  # [cells, k, dim]
-    local = gradients @ gradients.transpose(0, 2, 1) * mesh.cell_measures[:, None, None]
     directed = mesh.edge_index.numpy()
     lookup = {(int(i), int(j)): e for e, (i, j) in enumerate(directed.T)}
     rows, cols, values = [], [], []
@@ -69,6 +106,33 @@ def conductance_map(mesh: Mesh) -> sp.csr_matrix:
     return sp.coo_matrix(
         (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=shape
     ).tocsr()
+
+
+def edge_fiber_alignment(mesh: Mesh) -> np.ndarray:
+    """``cos^2`` of the angle between each directed edge and the fibres, ``[2 * n_edges]``.
+
+    Averaged over the (one or two) cells that hold the edge: 1 for an edge along the fibres, 0
+    for one across them; symmetric in ``i, j`` and blind to a fibre's sign. Rows follow
+    :attr:`Mesh.edge_index`. Raises :class:`FiberFieldMissing` when the mesh has no fibres.
+    """
+    if mesh.cell_fibers is None:
+        raise FiberFieldMissing(f"mesh {mesh.name!r} has no fibre field")
+    directed = mesh.edge_index.numpy()
+    keys = directed[0] * mesh.n_nodes + directed[1]
+    k = mesh.cells.shape[1]
+    total = np.zeros(len(keys))
+    count = np.zeros(len(keys))
+    for a in range(k):
+        for b in range(k):
+            if a != b:
+                i, j = mesh.cells[:, a], mesh.cells[:, b]
+                rows = np.searchsorted(keys, i * mesh.n_nodes + j)
+                direction = mesh.points[j] - mesh.points[i]
+                cosine = np.einsum("cd,cd->c", direction, mesh.cell_fibers)
+                cosine /= np.linalg.norm(direction, axis=1)
+                total += np.bincount(rows, cosine**2, minlength=len(keys))
+                count += np.bincount(rows, minlength=len(keys))
+    return total / count
 
 
 def _gather_table(matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
@@ -104,6 +168,14 @@ class MeshGraph:
     conductance_nodes: torch.Tensor
     conductance_coefficients: torch.Tensor
     mean_edge_length: float
+    #: gather tables of the along/across-fibre maps; ``None`` when the mesh has no fibres
+    along_nodes: torch.Tensor | None = None
+    along_coefficients: torch.Tensor | None = None
+    across_nodes: torch.Tensor | None = None
+    across_coefficients: torch.Tensor | None = None
+    #: ``[B*2E]`` cos^2 of each edge's angle to the fibres (:func:`edge_fiber_alignment`): an
+    #: edge feature for neural templates; ``None`` when the mesh has no fibres
+    edge_fiber_alignment: torch.Tensor | None = None
 
     @classmethod
     def from_mesh(
@@ -135,6 +207,13 @@ class MeshGraph:
         # (at most 6 terms: the 3 nodes of each of the edge's 2 triangles). A gather is much
         # cheaper than a sparse product, forward and backward.
         nodes, coefficients = _gather_table(cmap)
+        fiber_tables: dict[str, torch.Tensor] = {}
+        if mesh.fibers is not None:
+            for part, matrix in zip(("along", "across"), fiber_conductance_maps(mesh), strict=True):
+                part_nodes, part_coefficients = _gather_table(matrix)
+                fiber_tables[f"{part}_nodes"] = torch.as_tensor(part_nodes, device=device)
+                fiber_tables[f"{part}_coefficients"] = tensor(part_coefficients)
+            fiber_tables["edge_fiber_alignment"] = tensor(np.tile(edge_fiber_alignment(mesh), b))
         return cls(
             num_nodes=n,
             batch_size=b,
@@ -150,7 +229,13 @@ class MeshGraph:
             conductance_nodes=torch.as_tensor(nodes, dtype=torch.int64, device=device),
             conductance_coefficients=tensor(coefficients),
             mean_edge_length=float(mesh.mean_edge_length),
+            **fiber_tables,
         )
+
+    @property
+    def has_fibers(self) -> bool:
+        """Whether the mesh had a fibre field (the anisotropic maps are present)."""
+        return self.along_nodes is not None
 
     def edge_conductance(self, node_conductivity: torch.Tensor) -> torch.Tensor:
         """FE conductances ``[B*2E]`` of the batch's edges for a per-node conductivity ``[N]``.
@@ -162,6 +247,25 @@ class MeshGraph:
             1
         )
         return self.per_edge(per_edge)
+
+    def fiber_edge_conductance(
+        self, along_conductivity: torch.Tensor, across_conductivity: torch.Tensor
+    ) -> torch.Tensor:
+        """Anisotropic FE conductances ``[B*2E]`` for per-node along/across conductivities ``[N]``.
+
+        ``w = C^along sigma_l + C^across sigma_t`` (:func:`fiber_conductance_maps`): with
+        :meth:`flux_divergence` exactly ``mesh.laplacian(sigma_l, transverse=sigma_t)``. Raises
+        :class:`FiberFieldMissing` when the mesh has no fibre field.
+        """
+        if not self.has_fibers:
+            raise FiberFieldMissing(
+                "this operator needs a fibre field, and the data set's mesh has none: make an "
+                "anisotropic set (leads-data generate --fibers rule|mesh) or choose an "
+                "isotropic template such as laplacian_nodewise"
+            )
+        along = self.along_coefficients * along_conductivity[self.along_nodes]
+        across = self.across_coefficients * across_conductivity[self.across_nodes]
+        return self.per_edge(along.sum(1) + across.sum(1))
 
     def flux_divergence(self, edge_conductance: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """``du_i/dt = (1/M_i) sum_j w_ji (u_j - u_i)``: diffusion with edge conductances ``w``.

@@ -17,6 +17,10 @@ For triangles ``K`` is the cotangent Laplacian,
 opposite edge ``ij``; a positive off-diagonal ``K_ij`` (an obtuse pair of opposite angles) is a
 "negative cotangent weight" and breaks the discrete maximum principle.
 
+A mesh may carry a fibre field (:attr:`Mesh.fibers`, per node or per cell, validated by
+:func:`leads_engine.fibers.validate_fibers`); with it the stiffness takes a conductivity tensor
+``D = sigma_t I + (sigma_l - sigma_t) f f^T`` (``transverse=`` the across-fibre ``sigma_t``).
+
 Also here: mesh validation (:func:`validate_mesh`, raising :class:`MeshError`), reading and
 writing via meshio (:func:`load_mesh`, :meth:`Mesh.save`), graph and heat-method geodesic
 distances and quality figures. The bundled left-ventricle-like surface is made in
@@ -231,12 +235,16 @@ class Mesh:
     """A validated simplicial mesh (triangles or tetrahedra), coordinates in millimetres.
 
     Arrays are stored read-only; derived quantities (edges, element gradients, mass) are
-    computed once on first use.
+    computed once on first use. ``fibers`` (optional) is a fibre field ``[n_nodes, 3]`` or
+    ``[n_cells, 3]`` (``fibers_per`` says which when the counts are equal), stored as unit
+    vectors (see :mod:`leads_engine.fibers`).
     """
 
     points: np.ndarray
     cells: np.ndarray
     name: str = "mesh"
+    fibers: np.ndarray | None = None
+    fibers_per: Literal["node", "cell"] | None = None
 
     def __post_init__(self) -> None:
         points, cells = validate_mesh(self.points, self.cells)
@@ -244,6 +252,28 @@ class Mesh:
         cells.setflags(write=False)
         object.__setattr__(self, "points", points)
         object.__setattr__(self, "cells", cells)
+        if self.fibers is not None:
+            from .fibers import validate_fibers
+
+            fibers, per = validate_fibers(points, cells, self.fibers, self.fibers_per)
+            fibers.setflags(write=False)
+            object.__setattr__(self, "fibers", fibers)
+            object.__setattr__(self, "fibers_per", per)
+
+    def with_fibers(self, fibers: Any, per: Literal["node", "cell"] | None = None) -> Mesh:
+        """This mesh with a fibre field (validated; :class:`MeshError` if unusable)."""
+        return Mesh(self.points, self.cells, self.name, fibers, per)
+
+    @cached_property
+    def cell_fibers(self) -> np.ndarray | None:
+        """One unit fibre per cell ``[n_cells, 3]`` (tangent on a surface), or ``None``."""
+        if self.fibers is None:
+            return None
+        from .fibers import cell_fibers
+
+        fibers = cell_fibers(self.points, self.cells, self.fibers, self.fibers_per or "node")
+        fibers.setflags(write=False)
+        return fibers
 
     def __repr__(self) -> str:
         return (
@@ -363,19 +393,35 @@ class Mesh:
         self,
         conductivity: float | np.ndarray | None = None,
         per: Literal["node", "cell"] | None = None,
+        transverse: float | np.ndarray | None = None,
     ) -> sp.csr_matrix:
-        """P1 stiffness ``K_ij = sum_e sigma_e |e| grad(phi_i) . grad(phi_j)``, csr ``[n, n]``.
+        """P1 stiffness ``K_ij = sum_e |e| grad(phi_i)^T D_e grad(phi_j)``, csr ``[n, n]``.
 
         Symmetric positive semi-definite with rows summing to zero (constants are in the
-        kernel). For triangles this is the cotangent Laplacian. ``conductivity``: ``None``
-        (1 everywhere), a scalar, or an array per node or per cell (see
-        :meth:`cell_conductivity`).
+        kernel). ``conductivity``: ``None`` (1 everywhere), a scalar, or an array per node or
+        per cell (see :meth:`cell_conductivity`). Without ``transverse``, ``D_e = sigma_e I``
+        (for triangles the cotangent Laplacian); with it (same forms) the mesh's fibres give
+        the tensor ``D_e = sigma_t,e I + (sigma_e - sigma_t,e) f_e f_e^T``: ``conductivity`` is
+        then the along-fibre and ``transverse`` the across-fibre conductivity.
         """
         sigma = self.cell_conductivity(conductivity, per)
-        gradients = self._gradients
-        local = gradients @ gradients.transpose(0, 2, 1)
-        local = 0.5 * (local + local.transpose(0, 2, 1))
-        local *= (sigma * self.cell_measures)[:, None, None]
+        if transverse is not None:
+            if self.cell_fibers is None:
+                raise MeshError(
+                    "an across-fibre (transverse) conductivity needs a fibre field on the mesh "
+                    f"{self.name!r}; give it one with Mesh.with_fibers"
+                )
+            from .fibers import stiffness_parts
+
+            across = self.cell_conductivity(transverse, per)
+            along_part, across_part = stiffness_parts(self.points, self.cells, self.cell_fibers)
+            local = sigma[:, None, None] * along_part + across[:, None, None] * across_part
+            local *= self.cell_measures[:, None, None]
+        else:
+            gradients = self._gradients
+            local = gradients @ gradients.transpose(0, 2, 1)
+            local = 0.5 * (local + local.transpose(0, 2, 1))
+            local *= (sigma * self.cell_measures)[:, None, None]
         k = self.cells.shape[1]
         rows = np.repeat(self.cells, k, axis=1).ravel()
         cols = np.tile(self.cells, (1, k)).ravel()
@@ -388,15 +434,16 @@ class Mesh:
         self,
         conductivity: float | np.ndarray | None = None,
         per: Literal["node", "cell"] | None = None,
+        transverse: float | np.ndarray | None = None,
     ) -> sp.csr_matrix:
-        """Mass-lumped diffusion operator ``L = -M^{-1} K``, so ``du/dt = L u`` ~ div(sigma grad u).
+        """Mass-lumped diffusion operator ``L = -M^{-1} K``, so ``du/dt = L u`` ~ div(D grad u).
 
         Rows sum to zero; ``L`` is self-adjoint in the ``M`` inner product with real
         non-positive eigenvalues. Its spectral radius bounds the explicit (forward Euler) step:
-        ``dt < 2 / max|lambda(L)|``.
+        ``dt < 2 / max|lambda(L)|``. ``transverse``: see :meth:`stiffness`.
         """
         inverse_mass = sp.diags(1.0 / self.lumped_mass())
-        return (-(inverse_mass @ self.stiffness(conductivity, per))).tocsr()
+        return (-(inverse_mass @ self.stiffness(conductivity, per, transverse))).tocsr()
 
     # ---- distances ----------------------------------------------------------------------
 
@@ -543,14 +590,19 @@ class Mesh:
         ``.ply``, ``.msh``, ...); ``.npz`` writes the bundled format (keys points, cells)."""
         path = Path(path)
         suffix = path.suffix.lower()
+        fibers = {} if self.fibers is None else {"fibers": np.asarray(self.fibers)}
         if suffix == ".npz":
-            np.savez_compressed(path, points=self.points, cells=self.cells)
+            per = {} if self.fibers is None else {"fibers_per": np.array(self.fibers_per)}
+            np.savez_compressed(path, points=self.points, cells=self.cells, **fibers, **per)
             return
         if self.cell_type == "tetra" and suffix in _SURFACE_ONLY_SUFFIXES:
             raise MeshError(f"{suffix} files hold surfaces only; cannot save tetrahedra to {path}")
         # PLY stores 32-bit indices (meshio would warn and cast)
         cells = self.cells.astype(np.int32) if suffix == ".ply" else np.asarray(self.cells)
-        meshio.Mesh(np.asarray(self.points), [(self.cell_type, cells)]).write(path)
+        data = {"point_data": fibers} if self.fibers_per == "node" else {}
+        if self.fibers_per == "cell":
+            data = {"cell_data": {"fibers": [fibers["fibers"]]}}
+        meshio.Mesh(np.asarray(self.points), [(self.cell_type, cells)], **data).write(path)
 
 
 # --------------------------------------------------------------------------------------
@@ -558,12 +610,14 @@ class Mesh:
 # --------------------------------------------------------------------------------------
 
 
-def load_mesh(path: str | Path, name: str | None = None) -> Mesh:
+def load_mesh(path: str | Path, name: str | None = None, fibers: str | None = None) -> Mesh:
     """Read a mesh file with meshio (vtk, vtu, obj, ply, msh, ...) or a ``.npz`` (points, cells).
 
     Tetrahedra are used when present, otherwise triangles (other cell blocks such as lines,
     vertices or boundary triangles of a volume mesh are ignored). Raises :class:`MeshError` for
-    a missing/unreadable file or a file with neither triangles nor tetrahedra.
+    a missing/unreadable file or a file with neither triangles nor tetrahedra. ``fibers``: the
+    name of a point- or cell-data array holding a fibre field, ``"auto"`` for the usual names
+    (:data:`leads_engine.fibers.FIBER_FIELD_NAMES`), ``None`` (default) to read none.
     """
     path = Path(path)
     mesh_name = name if name is not None else path.stem
@@ -572,7 +626,12 @@ def load_mesh(path: str | Path, name: str | None = None) -> Mesh:
     if path.suffix == ".npz":
         try:
             with np.load(path) as data:
-                return Mesh(data["points"], data["cells"], name=mesh_name)
+                if fibers is None:
+                    return Mesh(data["points"], data["cells"], name=mesh_name)
+                if "fibers" not in data:
+                    raise MeshError(f"mesh file {str(path)!r} has no 'fibers' array")
+                per = str(data["fibers_per"]) if "fibers_per" in data else None
+                return Mesh(data["points"], data["cells"], mesh_name, data["fibers"], per)
         except (OSError, KeyError, ValueError) as exc:
             if isinstance(exc, MeshError):
                 raise
@@ -588,8 +647,13 @@ def load_mesh(path: str | Path, name: str | None = None) -> Mesh:
         raise MeshError(f"cannot read mesh file {str(path)!r}: {reason}") from exc
     for cell_type in ("tetra", "triangle"):
         blocks = [block.data for block in raw.cells if block.type == cell_type]
-        if blocks:
+        if blocks and fibers is None:
             return Mesh(raw.points, np.concatenate(blocks), name=mesh_name)
+        if blocks:
+            from .fibers import read_fiber_field
+
+            field, per = read_fiber_field(raw, cell_type, fibers)
+            return Mesh(raw.points, np.concatenate(blocks), mesh_name, field, per)
     found = sorted({block.type for block in raw.cells}) or ["none"]
     raise MeshError(
         f"mesh file {str(path)!r} has cell types {found}; supported are 'tetra' "

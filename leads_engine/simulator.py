@@ -1,13 +1,16 @@
 r"""Forward simulation of the monodomain reaction-diffusion system on a mesh.
 
 .. math::
-    \frac{\partial u}{\partial t} = \nabla\cdot(\sigma\nabla u) + R_u(u, w) + I_{stim}(x, t),
+    \frac{\partial u}{\partial t} = \nabla\cdot(D\nabla u) + R_u(u, w) + I_{stim}(x, t),
     \qquad \frac{\partial w}{\partial t} = R_w(u, w)
 
-Space is discretised by the mesh's mass-lumped finite-element Laplacian
-``L = -M^{-1} K(sigma)``; time by :func:`torchdiffeq.odeint` (fixed-step ``euler``,
-``midpoint``, ``rk4`` or adaptive ``dopri5``, ``bosh3``, ...). A batch of stimuli (one pacing
-site per sample) is integrated at once with the state laid out as
+with ``D = sigma I`` (isotropic tissue) or the fibre tensor
+``D = sigma_t I + (sigma_l - sigma_t) f f^T`` (anisotropic tissue, see
+:mod:`leads_engine.fibers`). Space is discretised by the mesh's mass-lumped finite-element
+Laplacian ``L = -M^{-1} K(D)`` (``mesh.laplacian(sigma)`` or
+``mesh.laplacian(sigma_l, transverse=sigma_t)``); time by :func:`torchdiffeq.odeint`
+(fixed-step ``euler``, ``midpoint``, ``rk4`` or adaptive ``dopri5``, ``bosh3``, ...). A batch
+of stimuli (one pacing site per sample) is integrated at once with the state laid out as
 ``[1 + n_recovery, nodes, batch]``: the diffusion term is then one sparse-times-dense product.
 
 A :class:`StabilityGuard` inside the vector field stops the integration as soon as the state
@@ -287,7 +290,8 @@ def simulate(
 ) -> SimulationResult:
     """Simulate one paced beat per pacing site, all sites as one batch.
 
-    ``laplacian`` is ``L = -M^{-1} K(sigma)`` (see :meth:`leads_engine.mesh.Mesh.laplacian`);
+    ``laplacian`` is ``L = -M^{-1} K(D)`` (see :meth:`leads_engine.mesh.Mesh.laplacian`; the
+    conductivity tensor ``D`` of anisotropic tissue enters through its ``transverse``);
     ``graph_distances[b]`` holds the distances from pacing site ``b`` to every node (used to
     shape the stimulus). Returns ``u`` as ``[batch, frames, nodes]`` on the chosen device.
     ``initial_state`` (``[1 + n_recovery, nodes, batch]``) continues an earlier run instead of

@@ -26,7 +26,7 @@ async def _values(
 
 async def test_template_names_complete_by_prefix(client: Client) -> None:
     everything = await _values(client, SOURCE, "name", "")
-    assert len(everything) == 10 and "laplacian_global" in everything
+    assert len(everything) == 11 and "laplacian_global" in everything
     assert await _values(client, SOURCE, "name", "LAPLACIAN_G") == ["laplacian_global"]
     assert await _values(client, SOURCE, "name", "zzz") == []
 

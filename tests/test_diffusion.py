@@ -21,6 +21,7 @@ from leads_engine.diffusion import (
     template_info,
     template_source,
 )
+from leads_engine.fibers import rule_based_fibers
 from leads_engine.graph import MeshGraph
 from leads_engine.heart_mesh import make_lv_mesh
 
@@ -30,7 +31,8 @@ ALLOWED_IMPORTS = {"torch", "torch_geometric", "math"}
 
 @pytest.fixture(scope="module")
 def mesh():
-    return make_lv_mesh(200)
+    plain = make_lv_mesh(200)  # with fibres: laplacian_anisotropic needs them
+    return plain.with_fibers(rule_based_fibers(plain))
 
 
 @pytest.fixture(scope="module")

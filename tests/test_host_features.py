@@ -84,7 +84,7 @@ async def test_resources_list_the_template_sources_and_the_sessions(client: Clie
     hidden = await start(client, anonymise=True)
     listed = {str(r.uri): r for r in (await client.list_resources()).resources}
     sources = [uri for uri in listed if uri.startswith("catalog://diffusion/")]
-    assert len(sources) == 10
+    assert len(sources) == 11
     source = await client.read_resource(sources[0])
     assert "class Diffusion" in source.contents[0].text
     assert f"session://{session_id}/summary" in listed

@@ -63,7 +63,7 @@ async def test_http_tools_with_a_bearer_token(home: Path) -> None:
     with http_server(home, "secret") as url:
         async with leads_server.connect(url, token="secret") as tools:
             catalogs = await tools.list_catalogs()
-            assert len(catalogs.diffusion_templates) == 10
+            assert len(catalogs.diffusion_templates) == 11
 
 
 @pytest.mark.parametrize(
