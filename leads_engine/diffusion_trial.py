@@ -5,9 +5,11 @@
 locked-down worker (:class:`leads_engine.sandbox.Worker`), which instantiates
 ``Diffusion(num_nodes, **hyperparameters)`` on a small mesh graph and checks ``forward``
 (shape ``[B*N, 1]``, float32, finite), ``edge_conductance`` if defined (``[B*2E]``, finite,
->= 0) and that gradients flow. Dynamic rules: ``runtime-error``, ``output-shape``,
+dissipative) and that gradients flow. Dynamic rules: ``runtime-error``, ``output-shape``,
 ``output-dtype``, ``output-nonfinite``, ``no-gradient``, ``gradient-nonfinite``,
-``conductance-shape``, ``conductance-nonfinite``, ``conductance-negative``, and the runner's
+``conductance-shape``, ``conductance-nonfinite``, ``conductance-negative`` (negative
+conductances that make the weighted graph Laplacian indefinite: the diffusion would create
+energy; an anisotropic FE stiffness's few negative ones pass), and the runner's
 exit causes ``timeout``, ``cpu-time``, ``memory``, ``output-too-large``, ``sandbox-denied``,
 ``killed``, ``crashed``.
 """
@@ -63,6 +65,22 @@ def _tensor_problem(value: Any, shape: tuple[int, ...], what: str) -> tuple[str,
     return None
 
 
+def _lowest_dissipation(conductance: torch.Tensor, edge_index: torch.Tensor, rows: int) -> float:
+    """Lowest eigenvalue, relative to the largest, of the symmetric part of the weighted graph
+    Laplacian ``L = diag(W 1) - W`` (``W_ij`` the conductance of edge ``(i, j)``).
+
+    ``u^T L u = 1/2 sum_ij w_ij (u_i - u_j)^2`` is the energy the flux form dissipates: a
+    diffusion must have ``L >= 0``. Individual negative conductances pass when the whole stays
+    positive semi-definite, as in an anisotropic finite-element stiffness, whose off-diagonals
+    may be positive where a cell is obtuse with respect to the fibres."""
+    weights = torch.zeros(rows, rows, dtype=torch.float64)
+    weights[edge_index[0], edge_index[1]] = conductance.double()
+    laplacian = torch.diag(weights.sum(dim=1)) - weights
+    eigenvalues = torch.linalg.eigvalsh(0.5 * (laplacian + laplacian.T))
+    scale = float(eigenvalues.abs().max())
+    return float(eigenvalues.min()) / scale if scale > 0 else 0.0
+
+
 def dynamic_check(
     source: str,
     hyperparameters: dict[str, Any] | None = None,
@@ -114,11 +132,16 @@ def dynamic_check(
         if problem:
             return refuse(f"conductance-{problem[0]}", problem[1], "edge_conductance")
         if bool((conductance.detach() < 0).any()):
-            return refuse(
-                "conductance-negative",
-                "edge_conductance returned negative conductances (use softplus/exp)",
-                "edge_conductance",
-            )
+            lowest = _lowest_dissipation(conductance.detach(), graph.edge_index, rows)
+            if lowest < -1e-6:
+                return refuse(
+                    "conductance-negative",
+                    "edge_conductance returned negative conductances that make the diffusion "
+                    f"create energy (the weighted graph Laplacian's lowest eigenvalue is "
+                    f"{lowest:.3g} of its largest): keep them >= 0 (softplus/exp), or negative "
+                    "only where an anisotropic FE stiffness puts them",
+                    "edge_conductance",
+                )
     if parameters:
         if not out.requires_grad:
             return refuse("no-gradient", "forward output does not depend on any parameter")

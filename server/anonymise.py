@@ -35,6 +35,9 @@ PUBLIC_SUMMARY_FIELDS = (
     "nodes",
     "cells",
     "conductivity_range",
+    # whether the mesh carries a fibre field ("per node"/"per cell"): an input of the twin, like
+    # the mesh itself; the anisotropy ratio it was generated with is truth and stays hidden
+    "fibers",
 )
 
 

@@ -81,3 +81,9 @@ def test_an_anonymised_summary_keeps_shape_and_sampling_only() -> None:
         "frames": 41,
         "nodes": 300,
     }
+
+
+def test_a_fibred_set_shows_its_fibres_but_not_its_anisotropy() -> None:
+    summary = {"name": "ap_aniso", "nodes": 10, "fibers": "per cell", "anisotropy": 3.0}
+    shown = public_summary(summary, "data-abc123")
+    assert shown == {"name": "data-abc123", "nodes": 10, "fibers": "per cell"}

@@ -203,3 +203,25 @@ def test_zz_nothing_escaped_and_the_caller_still_works(canary):
     assert sandbox_dirs() <= canary, f"left behind: {sandbox_dirs() - canary}"
     report = validate_diffusion_source(template_source("laplacian_global"), limits=LIMITS)
     assert report.accepted, report.message
+
+
+def test_an_anisotropic_stiffness_with_negative_conductances_passes() -> None:
+    """An edited anisotropic template has a few negative FE conductances (obtuse cells with
+    respect to the fibres); its Laplacian stays positive semi-definite, so the trial accepts it,
+    while conductances that create energy are still refused."""
+    from leads_engine.diffusion import template_source
+    from leads_engine.diffusion_trial import dynamic_check
+
+    source = template_source("laplacian_anisotropic")
+    report = dynamic_check(source, {"anisotropy": 3.0})
+    assert report["accepted"], report["message"]
+
+    negated = source.replace(
+        "def edge_conductance(self, u: torch.Tensor, graph) -> torch.Tensor:",
+        "def edge_conductance(self, u: torch.Tensor, graph) -> torch.Tensor:\n"
+        "        return -self._conductance(u, graph)\n\n"
+        "    def _conductance(self, u: torch.Tensor, graph) -> torch.Tensor:",
+    )
+    assert negated != source
+    refused = dynamic_check(negated, {"anisotropy": 3.0})
+    assert not refused["accepted"] and refused["rule"] == "conductance-negative"
