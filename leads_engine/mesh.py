@@ -21,23 +21,21 @@ A mesh may carry a fibre field (:attr:`Mesh.fibers`, per node or per cell, valid
 :func:`leads_engine.fibers.validate_fibers`); with it the stiffness takes a conductivity tensor
 ``D = sigma_t I + (sigma_l - sigma_t) f f^T`` (``transverse=`` the across-fibre ``sigma_t``).
 
-Also here: mesh validation (:func:`validate_mesh`, raising :class:`MeshError`), reading and
-writing via meshio (:func:`load_mesh`, :meth:`Mesh.save`), graph and heat-method geodesic
-distances and quality figures. The bundled left-ventricle-like surface is made in
+Also here: mesh validation (:func:`validate_mesh`, raising :class:`MeshError`), graph and
+heat-method geodesic distances and quality figures. Reading and writing files (meshio,
+``.npz``) is :mod:`leads_engine.mesh_io` (:func:`load_mesh`, re-exported here, and
+:meth:`Mesh.save`). The bundled left-ventricle-like surface is made in
 :mod:`leads_engine.heart_mesh`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-import meshio
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -56,10 +54,6 @@ CELL_TYPES: dict[int, str] = {3: "triangle", 4: "tetra"}
 
 #: a cell is degenerate when its area/volume is below this fraction of the mean cell size.
 DEGENERATE_RELATIVE_SIZE = 1e-10
-
-
-#: file formats that can store triangles but not tetrahedra.
-_SURFACE_ONLY_SUFFIXES = frozenset({".obj", ".ply", ".stl", ".off"})
 
 
 class MeshError(ValueError):
@@ -586,76 +580,12 @@ class Mesh:
         }
 
     def save(self, path: str | Path) -> None:
-        """Write the mesh with meshio, format from the suffix (``.vtk``, ``.vtu``, ``.obj``,
-        ``.ply``, ``.msh``, ...); ``.npz`` writes the bundled format (keys points, cells)."""
-        path = Path(path)
-        suffix = path.suffix.lower()
-        fibers = {} if self.fibers is None else {"fibers": np.asarray(self.fibers)}
-        if suffix == ".npz":
-            per = {} if self.fibers is None else {"fibers_per": np.array(self.fibers_per)}
-            np.savez_compressed(path, points=self.points, cells=self.cells, **fibers, **per)
-            return
-        if self.cell_type == "tetra" and suffix in _SURFACE_ONLY_SUFFIXES:
-            raise MeshError(f"{suffix} files hold surfaces only; cannot save tetrahedra to {path}")
-        # PLY stores 32-bit indices (meshio would warn and cast)
-        cells = self.cells.astype(np.int32) if suffix == ".ply" else np.asarray(self.cells)
-        data = {"point_data": fibers} if self.fibers_per == "node" else {}
-        if self.fibers_per == "cell":
-            data = {"cell_data": {"fibers": [fibers["fibers"]]}}
-        meshio.Mesh(np.asarray(self.points), [(self.cell_type, cells)], **data).write(path)
+        """Write the mesh (and its fibres) to a file: :func:`leads_engine.mesh_io.save_mesh`."""
+        from .mesh_io import save_mesh
+
+        save_mesh(self, path)
 
 
-# --------------------------------------------------------------------------------------
-# Reading
-# --------------------------------------------------------------------------------------
-
-
-def load_mesh(path: str | Path, name: str | None = None, fibers: str | None = None) -> Mesh:
-    """Read a mesh file with meshio (vtk, vtu, obj, ply, msh, ...) or a ``.npz`` (points, cells).
-
-    Tetrahedra are used when present, otherwise triangles (other cell blocks such as lines,
-    vertices or boundary triangles of a volume mesh are ignored). Raises :class:`MeshError` for
-    a missing/unreadable file or a file with neither triangles nor tetrahedra. ``fibers``: the
-    name of a point- or cell-data array holding a fibre field, ``"auto"`` for the usual names
-    (:data:`leads_engine.fibers.FIBER_FIELD_NAMES`), ``None`` (default) to read none.
-    """
-    path = Path(path)
-    mesh_name = name if name is not None else path.stem
-    if not path.is_file():
-        raise MeshError(f"cannot read mesh file {str(path)!r}: no such file")
-    if path.suffix == ".npz":
-        try:
-            with np.load(path) as data:
-                if fibers is None:
-                    return Mesh(data["points"], data["cells"], name=mesh_name)
-                if "fibers" not in data:
-                    raise MeshError(f"mesh file {str(path)!r} has no 'fibers' array")
-                per = str(data["fibers_per"]) if "fibers_per" in data else None
-                return Mesh(data["points"], data["cells"], mesh_name, data["fibers"], per)
-        except (OSError, KeyError, ValueError) as exc:
-            if isinstance(exc, MeshError):
-                raise
-            raise MeshError(f"cannot read mesh file {str(path)!r}: {exc}") from exc
-    chatter = io.StringIO()
-    try:
-        # meshio prints its reasons and may even call sys.exit(1) on a file it cannot parse
-        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
-            raw = meshio.read(path)
-    except (Exception, SystemExit) as exc:  # ReadError, KeyError, ValueError, SystemExit, ...
-        printed = " ".join(chatter.getvalue().split())
-        reason = printed or f"{type(exc).__name__}: {exc}"
-        raise MeshError(f"cannot read mesh file {str(path)!r}: {reason}") from exc
-    for cell_type in ("tetra", "triangle"):
-        blocks = [block.data for block in raw.cells if block.type == cell_type]
-        if blocks and fibers is None:
-            return Mesh(raw.points, np.concatenate(blocks), name=mesh_name)
-        if blocks:
-            from .fibers import read_fiber_field
-
-            field, per = read_fiber_field(raw, cell_type, fibers)
-            return Mesh(raw.points, np.concatenate(blocks), mesh_name, field, per)
-    found = sorted({block.type for block in raw.cells}) or ["none"]
-    raise MeshError(
-        f"mesh file {str(path)!r} has cell types {found}; supported are 'tetra' "
-        "(4-node tetrahedra) and 'triangle' (3-node triangles)"
-    )
+# Reading and writing files lives in mesh_io; load_mesh is re-exported here, where callers
+# have always found it.
+from .mesh_io import load_mesh  # noqa: E402
