@@ -30,11 +30,34 @@ from . import __version__
 from .dataset import SPLITS, DatasetError, EPDataset, datasets_dir, resolve_dataset_path
 from .heart_mesh import bundled_mesh
 from .mesh import Mesh
-from .reactions import build_reaction, resolve_reaction_name
-from .simulator import Pacing, simulate
+from .metrics import activation_summary, activation_times
+from .reactions.generator_models import (
+    build_generator_reaction,
+    in_search_catalog,
+    resolve_generator_reaction,
+)
+from .simulator import FIXED_STEP_METHODS, Pacing, simulate
+
+#: Least share of the nodes every beat of a generated set must activate (``u`` crossing 0.5):
+#: a set whose wave dies out is refused unless partial activation is allowed explicitly.
+MIN_ACTIVATED_FRACTION = 0.95
 
 #: Progress callback: fraction of the simulation done, in [0, 1].
 ProgressCallback = Callable[[float], None]
+
+
+class PartialActivationError(ValueError):
+    """A generated set whose wave does not reach enough of the mesh."""
+
+    def __init__(self, reaction: str, summary: dict[str, float | int], required: float) -> None:
+        super().__init__(
+            f"the {reaction} set activates only {summary['fraction_activated_min']:.1%} of the "
+            f"nodes in its worst beat ({summary['fraction_activated_mean']:.1%} on average; "
+            f"{required:.0%} required): the wave does not propagate over the mesh. Change the "
+            "reaction's parameters, the duration or the conductivity, or allow a partial set "
+            "explicitly (--allow-partial)"
+        )
+        self.summary = summary
 
 
 @dataclass(frozen=True)
@@ -59,7 +82,7 @@ class BenchmarkConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "reaction", resolve_reaction_name(self.reaction))
+        object.__setattr__(self, "reaction", resolve_generator_reaction(self.reaction))
         if sum(self.split_sizes) != self.n_samples:
             raise ValueError(
                 f"split sizes {self.split_sizes} must add up to n_samples={self.n_samples}"
@@ -152,8 +175,14 @@ def generate_benchmark(
     mesh: Mesh | None = None,
     progress: ProgressCallback | None = None,
     name: str | None = None,
+    allow_partial: bool = False,
 ) -> EPDataset:
-    """Simulate a benchmark data set (deterministic under ``config.seed``)."""
+    """Simulate a benchmark data set (deterministic under ``config.seed``).
+
+    Every beat must activate at least :data:`MIN_ACTIVATED_FRACTION` of the nodes (before any
+    observation noise): otherwise :class:`PartialActivationError`, unless ``allow_partial``.
+    The activation figures go into ``meta["activation"]`` either way.
+    """
     mesh = mesh or bundled_mesh()
     rng = np.random.default_rng(config.seed)
     conductivity = conductivity_map(mesh, config, rng)
@@ -164,7 +193,11 @@ def generate_benchmark(
 
     frames = int(round(config.duration_ms / config.frame_interval_ms)) + 1
     t = np.arange(frames) * config.frame_interval_ms
-    reaction = build_reaction(config.reaction, learnable=False, **config.reaction_parameters)
+    reaction = build_generator_reaction(
+        config.reaction,
+        step_size_ms=config.step_size_ms if config.method in FIXED_STEP_METHODS else None,
+        **config.reaction_parameters,
+    )
     laplacian = mesh.laplacian(conductivity.sigma)
     distances = mesh.graph_distances(sites)
     pacing = Pacing(sites.tolist(), mode="initial", radius=config.pacing_radius_mm)
@@ -195,6 +228,9 @@ def generate_benchmark(
             if progress is not None:
                 progress(last / (frames - 1))
     elapsed = time.perf_counter() - started
+    activation = activation_summary(activation_times(u, t))
+    if activation["fraction_activated_min"] < MIN_ACTIVATED_FRACTION and not allow_partial:
+        raise PartialActivationError(config.reaction, activation, MIN_ACTIVATED_FRACTION)
 
     if config.noise_std > 0:
         u += rng.normal(0.0, config.noise_std, size=u.shape).astype(np.float32)
@@ -205,6 +241,13 @@ def generate_benchmark(
         "generator_version": __version__,
         "reaction": config.reaction,
         "reaction_parameters": reaction.parameter_values(),
+        "reaction_in_catalog": in_search_catalog(config.reaction),
+        "activation": {
+            "fraction_activated_min": activation["fraction_activated_min"],
+            "fraction_activated_mean": activation["fraction_activated_mean"],
+            "total_activation_time_mean_ms": activation["total_activation_time_mean"],
+            "partial_allowed": allow_partial,
+        },
         "diffusion": "fe_laplacian",
         "mesh": mesh.name,
         "scar_center": conductivity.scar_center,
