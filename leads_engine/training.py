@@ -111,6 +111,9 @@ FAR_ABOVE_FLOOR = 10.0
 #: The noise floor of noise-free data: this share of the data's variance (float32 rollouts
 #: of the true model reach about 1e-4 of it on the bundled sets).
 FLOOR_SHARE = 1e-4
+#: A fit must explain this much before its plateau says anything about the catalog: below, the
+#: structure misses the wave altogether, and which part lacks is anyone's guess.
+CAPTURES_THE_WAVE = 0.5
 #: Share of the error at the wavefront from which the diagnosis blames the diffusion.
 WAVEFRONT_BLAME = 0.5
 
@@ -263,7 +266,8 @@ def _plateaued(val_losses: list[float]) -> bool:
 def _blamed_part(structure: ErrorStructure | None) -> CatalogGap:
     """Which part the error points to: the diffusion when the wave arrives at the wrong time
     or not at all (most of the error at the wavefront, or beats missing it), else the
-    reaction (the error sits in the plateau, repolarisation or rest: the shape)."""
+    reaction (the error sits in the plateau, repolarisation or rest: the shape). Without TMP
+    (recordings) the error cannot be split and the reaction is the default suspect."""
     if structure is None:
         return "reaction"
     if structure.wavefront_share >= WAVEFRONT_BLAME or structure.at_missed_fraction > 0.05:
@@ -272,7 +276,7 @@ def _blamed_part(structure: ErrorStructure | None) -> CatalogGap:
 
 
 def _catalog_advice(part: CatalogGap, structure: ErrorStructure | None, ratio: float) -> str:
-    where = ""
+    where = " (no TMP to split the error: the reaction is the default suspect)."
     if structure is not None:
         at = structure.at_mae_ms
         at_text = f", AT MAE {at:.2g} ms" if math.isfinite(at) else ""
@@ -309,10 +313,10 @@ def diagnose(
     The verdict follows the explained variance with the observation noise taken out,
     ``1 - (val - s^2) / (var - s^2)`` (``s^2`` = ``noise_variance``): ``good_fit`` needs
     :data:`GOOD_FIT_EXPLAINED`, below it the fit is ``underfitting`` (however fast its curve
-    still falls). An under-fit that plateaued more than :data:`FAR_ABOVE_FLOOR` times
-    above the noise floor (``max(s^2, FLOOR_SHARE * var)``) sets ``catalog_may_lack`` to the
-    part ``structure`` (the best epoch's :func:`~leads_engine.metrics.error_structure`) points
-    to.
+    still falls). An under-fit that explains at least :data:`CAPTURES_THE_WAVE` and
+    plateaued more than :data:`FAR_ABOVE_FLOOR` times above the noise floor
+    (``max(s^2, FLOOR_SHARE * var)``) sets ``catalog_may_lack`` to the part ``structure`` (the
+    best epoch's :func:`~leads_engine.metrics.error_structure`) points to.
     """
     if status != "ok" or not val_losses:
         where = f" at epoch {failure['epoch']}, step {failure['step']}" if failure else ""
@@ -338,7 +342,7 @@ def diagnose(
         verdict, advice = "overfitting", "validation loss well above training loss: simplify"
     elif explained_signal < GOOD_FIT_EXPLAINED:
         verdict = "underfitting"
-        if plateaued and ratio > FAR_ABOVE_FLOOR:
+        if plateaued and ratio > FAR_ABOVE_FLOOR and explained_signal >= CAPTURES_THE_WAVE:
             catalog_may_lack = _blamed_part(structure)
             advice = _catalog_advice(catalog_may_lack, structure, ratio)
         else:

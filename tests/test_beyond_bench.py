@@ -24,12 +24,12 @@ from leads_engine.dataset import load_dataset
 from leads_engine.reactions import REACTION_MODELS
 from leads_engine.training import TrainingConfig
 
-TINY = {"nodes": 150, "samples": 4, "split": (2, 1, 1), "duration_ms": 30.0}
+TINY = {"nodes": 300, "samples": 4, "split": (2, 1, 1), "duration_ms": 30.0}
 
 
 @pytest.fixture(scope="module")
 def tiny_beyond(tmp_path_factory: pytest.TempPathFactory):
-    """The quick --beyond sets on a 150-node mesh, 30 ms: paths and the sets skipped."""
+    """The quick --beyond sets on the 300-node mesh, 30 ms: paths and the sets skipped."""
     patch = pytest.MonkeyPatch()
     patch.setattr(beyond, "QUICK_DATA", TINY)
     out = tmp_path_factory.mktemp("beyond")

@@ -46,7 +46,7 @@ def test_error_structure_puts_a_late_wave_at_the_wavefront():
 def test_error_structure_puts_a_wrong_plateau_in_the_shape():
     structure = error_structure(wave(AT, plateau=0.7, apd=90.0), wave(AT), T)
     assert structure.shape_share > 0.9
-    assert structure.at_mae_ms == pytest.approx(0.0, abs=0.3)
+    assert structure.at_mae_ms < 0.6  # the lower plateau crosses 0.5 a little later
 
 
 def test_error_structure_counts_a_wave_that_never_arrives():

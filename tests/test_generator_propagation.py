@@ -43,7 +43,7 @@ def test_a_wave_that_dies_out_is_refused_with_a_clear_message(heart):
         split_sizes=(1, 1, 1),
         duration_ms=200.0,
     )
-    with pytest.raises(PartialActivationError, match=r"activates only .* --allow-partial"):
+    with pytest.raises(PartialActivationError, match=r"activates only .*--allow-partial"):
         generate_benchmark(config, heart)
     kept = generate_benchmark(config, heart, allow_partial=True)
     activation = kept.meta["activation"]
