@@ -13,6 +13,10 @@ The conductivity map makes diffusion more than the plain mesh Laplacian:
 
 with ``d`` the geodesic distance to the scar centre, ``r`` the scar core radius, ``b`` its
 border width and ``rho`` the scar's relative conductivity.
+
+The ground truth may be any generator model (:mod:`leads_engine.reactions.generator_models`):
+the search catalog's, or one kept out of it (Beeler-Reuter 1977, ``br``) for data no catalog
+structure explains. Every set is checked to propagate (:func:`propagation_check`).
 """
 
 from __future__ import annotations
