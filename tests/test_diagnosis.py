@@ -121,3 +121,18 @@ def test_fit_reports_the_split_and_the_server_passes_it_through(tiny):
 
 def result_spec() -> CandidateSpec:
     return CandidateSpec(reaction="fitzhugh_nagumo", diffusion="laplacian_global")
+
+
+def test_the_agent_report_says_the_catalog_may_lack_a_model():
+    from leads_agent.report import _diagnosis_lines
+
+    finetuned = {
+        "diagnosis": "underfitting: ... the catalog may lack the right reaction model",
+        "catalog_may_lack": "reaction",
+        "error_split": {"wavefront_share": 0.12},
+    }
+    text = "\n".join(_diagnosis_lines(finetuned, None))
+    assert "**The catalog may lack the right reaction model**" in text
+    assert "12% of the validation error at the wavefront, 88%" in text
+    quiet = _diagnosis_lines({"diagnosis": "good_fit: ...", "catalog_may_lack": None}, None)
+    assert quiet == ["- diagnosis: good_fit: ..."]
