@@ -6,8 +6,8 @@ Measured on the bundled sets (3 epochs, FE Laplacian with per-node conductivity)
 Schaeffer fitted to the Beeler-Reuter set explains 92.0% of the validation variance (val MSE
 9.3e-3, curve 1.07e-2, 9.8e-3, 9.3e-3), 12% of its error at the wavefront (AT MAE 1.3 ms),
 88% in the shape, 802x above the noise floor: it was a ``good_fit`` before issue 20 and is
-now ``underfitting`` with ``catalog_may_lack == "reaction"``. Aliev-Panfilov fitted to the AP
-set explains 99.4% after 3 epochs and stays a ``good_fit``.
+now ``underfitting`` with ``catalog_may_lack == "reaction"``. The true structures of the AP,
+RM and MS sets explain 99.4%, 98.7% and 99.7% after 3 epochs and stay ``good_fit``.
 """
 
 from __future__ import annotations
