@@ -21,6 +21,7 @@ from rich.console import Console
 
 from leads_engine.dataset import leads_home
 
+from .beyond import BEYOND_METHODS
 from .config import METHODS, BenchConfig
 from .harness import run_bench
 
@@ -33,11 +34,22 @@ PROG_VARIABLE = "LEADS_BENCH_PROG"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The bench's options."""
     parser.add_argument("--quick", action="store_true", help="CI size: tiny mesh, short horizon")
+    parser.add_argument(
+        "--beyond",
+        action="store_true",
+        help="out-of-catalog truth: every method on Beeler-Reuter sets (isotropic, and "
+        "anisotropic when the generator has fibres), next to the best catalog structure",
+    )
     parser.add_argument("--out", help="output folder (default $LEADS_HOME/bench/full|quick)")
-    parser.add_argument("--datasets", nargs="+", default=["ap", "rm", "ms"])
+    parser.add_argument(
+        "--datasets", nargs="+", help="data sets (default ap rm ms; --beyond: br, br_aniso)"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0)")
     parser.add_argument(
-        "--methods", nargs="+", choices=METHODS, help="methods to run (default: all available)"
+        "--methods",
+        nargs="+",
+        choices=BEYOND_METHODS,
+        help="methods to run (default: all available; catalog-best with --beyond only)",
     )
     parser.add_argument("--epochs", type=int, help="epochs per candidate (full: 3)")
     parser.add_argument("--finetune", type=int, help="fine-tuning epochs (full: 10)")
@@ -74,13 +86,20 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """The run's settings from the parsed options (quick or full-size defaults)."""
+    size = "quick" if args.quick else "full"
     out = (
-        Path(args.out) if args.out else leads_home() / "bench" / ("quick" if args.quick else "full")
+        Path(args.out)
+        if args.out
+        else leads_home() / "bench" / (f"beyond_{size}" if args.beyond else size)
     )
+    if args.beyond and args.datasets:
+        raise ConfigurationError("--beyond makes its own data sets (br, br_aniso): no --datasets")
+    if not args.beyond and args.methods and "catalog-best" in args.methods:
+        raise ConfigurationError("catalog-best is a --beyond row")
     overrides: dict[str, Any] = {
         key: value
         for key, value in {
-            "datasets": tuple(args.datasets),
+            "datasets": tuple(args.datasets) if args.datasets else None,
             "seeds": tuple(args.seeds) if args.seeds else None,
             "epochs": args.epochs,
             "finetune": args.finetune,
@@ -92,8 +111,9 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         }.items()
         if value is not None
     }
-    methods = tuple(args.methods) if args.methods else METHODS
-    overrides["methods"] = methods
+    default = BEYOND_METHODS if args.beyond else METHODS
+    overrides["methods"] = tuple(args.methods) if args.methods else default
+    overrides["beyond"] = args.beyond
     if args.quick:
         return BenchConfig.quick_defaults(out, **overrides)
     return replace(BenchConfig(out=out), **overrides)

@@ -34,6 +34,7 @@ LABELS = {
     "leads-offline": "LEADS (offline policy)",
     "leads-llm": "LEADS (LLM)",
     "hdtwingen": "HDTwinGen-style (free-form code)",
+    "catalog-best": "Best catalog structure (catalog reaction + FE Laplacian)",
 }
 #: The paper's test MSE (its own scale): AP, RM, MS, average.
 PAPER_MSE = {
@@ -69,6 +70,8 @@ class BenchConfig:
     llm: str = "offline"
     model: str | None = None
     base_url: str | None = None
+    #: the out-of-catalog comparison (``--beyond``, :mod:`leads_bench.beyond`)
+    beyond: bool = False
 
     @classmethod
     def quick_defaults(cls, out: Path, **overrides: Any) -> BenchConfig:

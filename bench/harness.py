@@ -7,6 +7,7 @@ resumes from its archive, an interrupted baseline from its cached fits.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import threading
@@ -18,6 +19,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -26,8 +28,11 @@ from leads_engine.dataset import datasets_dir
 from leads_engine.generator import BenchmarkConfig as DataSetConfig
 from leads_engine.generator import benchmark_path, generate_benchmark
 from leads_engine.heart_mesh import make_lv_mesh
+from leads_engine.reactions.generator_models import in_search_catalog
 
 from .baseline_rows import run_baseline_row
+from .baselines import EXTRA_BASELINES
+from .beyond import run_beyond, run_generator_oracle_row
 from .config import BASELINE_METHODS, LLM_METHODS, METHODS, QUICK_DATA, BenchConfig, Check, Run
 from .records import load_record, write_json, write_run
 from .search_rows import run_search_row
@@ -69,8 +74,18 @@ def execute_run(run: Run, dataset_path: Path, config: BenchConfig, events: Any =
         if events is not None:
             events.put((run.key, text))
 
-    runner = run_baseline_row if run.method in BASELINE_METHODS else run_search_row
+    runner = run_search_row
+    if run.method in BASELINE_METHODS or run.method in EXTRA_BASELINES:
+        runner = run_baseline_row
+    if run.method == "physics" and not _true_reaction_in_catalog(dataset_path):
+        runner = run_generator_oracle_row  # out-of-catalog truth: the generator's own model
     return write_run(config.out, run, {**asdict(run), **runner(run, dataset_path, config, say)})
+
+
+def _true_reaction_in_catalog(dataset_path: Path) -> bool:
+    with np.load(dataset_path) as data:
+        meta = json.loads(str(data["meta"]))
+    return in_search_catalog(str(meta["reaction"]))
 
 
 @dataclass
@@ -114,6 +129,8 @@ def run_bench(
 ) -> BenchResult:
     """Run (or resume) the whole comparison and write the table, JSON and figure."""
     console = console or Console(stderr=True, quiet=True)
+    if config.beyond:
+        return run_beyond(config, console, command)
     out = config.out
     (out / "runs").mkdir(parents=True, exist_ok=True)
     dataset_paths = prepare_datasets(config, console.print)

@@ -126,6 +126,29 @@ async def write_report(conn: ServerConnection, result: RunResult, folder: Path) 
     return path
 
 
+def _diagnosis_lines(finetuned: dict[str, Any], best: Any) -> list[str]:
+    """The final model's diagnosis, and loudly whether the catalog may lack the right model
+    (the server's ``catalog_may_lack``: the fit plateaued far above the noise floor)."""
+    text = finetuned.get("diagnosis") or getattr(best, "diagnosis", None)
+    lines = [f"- diagnosis: {_cell(text, 600)}"] if text else []
+    part = finetuned.get("catalog_may_lack")
+    if part in ("reaction", "diffusion"):
+        split = finetuned.get("error_split") or {}
+        share = split.get("wavefront_share")
+        detail = (
+            f" ({share:.0%} of the validation error at the wavefront, "
+            f"{1 - share:.0%} in the action potential's shape)"
+            if isinstance(share, (int, float))
+            else ""
+        )
+        lines += [
+            "",
+            f"**The catalog may lack the right {part} model**: the best structure plateaued "
+            f"far above the noise floor{detail}.",
+        ]
+    return lines
+
+
 def _revealed_lines(result: RunResult) -> list[str]:
     """What the anonymised session hid from its agent (read for the user after the search)."""
     revealed = result.revealed
@@ -227,6 +250,7 @@ def _markdown(
                 f"{finetuned.get('status')}, "
                 f"val loss {_loss(finetuned.get('best_val_loss'))}",
             ]
+        lines += _diagnosis_lines(finetuned, best)
         if spec_path:
             lines.append(f"- spec: [{spec_path.name}]({spec_path.name})")
         lines.append(

@@ -23,10 +23,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .dataset import DatasetError, datasets_dir, load_dataset, resolve_dataset_path
-from .generator import BenchmarkConfig, generate_benchmark
+from .generator import MIN_ACTIVATED_FRACTION, BenchmarkConfig, generate_benchmark
 from .mesh import MeshError, load_mesh
 from .metrics import activation_summary, activation_times
-from .reactions import ALIASES, resolve_reaction_name
+from .reactions.generator_models import (
+    GENERATOR_ALIASES,
+    in_search_catalog,
+    resolve_generator_reaction,
+)
 from .recordings import RecordingError, import_recording, make_egm_standin, standin_config
 
 
@@ -49,7 +53,14 @@ def _parser() -> argparse.ArgumentParser:
         "--reaction",
         nargs="+",
         default=["ap"],
-        help=f"ground-truth reaction model(s): {', '.join(ALIASES)} (or full names)",
+        help=f"ground-truth reaction model(s): {', '.join(GENERATOR_ALIASES)} (or full names; "
+        "br, Beeler-Reuter 1977, is not in the search catalog)",
+    )
+    gen.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help=f"keep a set whose wave dies out before activating {MIN_ACTIVATED_FRACTION:.0%} of "
+        "the nodes (refused otherwise)",
     )
     gen.add_argument(
         "--name", help="data set name (default: the reaction alias); one reaction only"
@@ -167,7 +178,7 @@ def _split_sizes(samples: int, split: list[int] | None) -> tuple[int, int, int]:
 
 
 def _generate(args: argparse.Namespace, console: Console) -> int:
-    reactions = [resolve_reaction_name(r) for r in args.reaction]
+    reactions = [resolve_generator_reaction(r) for r in args.reaction]
     if args.name and len(reactions) > 1:
         raise ValueError("--name applies to one reaction only")
     if args.fibers == "mesh" and not args.mesh:
@@ -211,15 +222,41 @@ def _generate(args: argparse.Namespace, console: Console) -> int:
         ) as bar:
             task = bar.add_task("simulate", total=1.0)
             dataset = generate_benchmark(
-                config, mesh, progress=lambda f, t=task: bar.update(t, completed=f), name=name
+                config,
+                mesh,
+                progress=lambda f, t=task: bar.update(t, completed=f),
+                name=name,
+                allow_partial=args.allow_partial,
             )
         dataset.save(path)
         seconds = time.perf_counter() - started
         at = activation_times(dataset.u, dataset.t)
         summary = {**dataset.summary(), **activation_summary(at)}
         console.print(f"wrote {path} in {seconds:.1f} s")
+        _print_activation(console, dataset.meta["activation"], config.reaction)
         _print_summary(console, summary)
     return 0
+
+
+def _print_activation(console: Console, activation: dict, reaction: str) -> None:
+    """The share of nodes the set's beats activate, loudly when under the minimum."""
+    worst, mean = activation["fraction_activated_min"], activation["fraction_activated_mean"]
+    line = f"activated: {mean:.1%} of the nodes on average, {worst:.1%} in the worst beat"
+    if activation["beats_stalled"]:
+        console.print(
+            f"[bold red]warning:[/] {line}; the wave dies out in {activation['beats_stalled']} "
+            f"of {activation['beats']} beats (kept because of --allow-partial)"
+        )
+    elif activation["beats_truncated"]:
+        console.print(
+            f"[bold yellow]warning:[/] {line}; the window ends while the wave still spreads in "
+            f"{activation['beats_truncated']} of {activation['beats']} beats: lengthen "
+            f"--duration for {MIN_ACTIVATED_FRACTION:.0%} activation"
+        )
+    else:
+        console.print(line)
+    if not in_search_catalog(reaction):
+        console.print(f"{reaction} is not in the search catalog: no candidate holds the truth")
 
 
 def _target(folder: Path | None, name: str, force: bool, console: Console) -> Path | None:

@@ -19,6 +19,10 @@ An anisotropic set (``fibers="rule"`` or ``"mesh"``) uses the conductivity tenso
 ``sigma_t = sigma(x) / R`` across them, ``R = anisotropy`` a ratio of *conductivities* (speeds
 differ by ``sqrt(R)``): along the fibres a wave runs as fast as in the isotropic set, and the
 explicit step stays as stable (``D <= sigma I``).
+
+The ground truth may be any generator model (:mod:`leads_engine.reactions.generator_models`):
+the search catalog's, or one kept out of it (Beeler-Reuter 1977, ``br``) for data no catalog
+structure explains. Every set is checked to propagate (:func:`propagation_check`).
 """
 
 from __future__ import annotations
@@ -37,14 +41,63 @@ from .dataset import SPLITS, DatasetError, EPDataset, datasets_dir, resolve_data
 from .fibers import rule_based_fibers
 from .heart_mesh import bundled_mesh
 from .mesh import Mesh
-from .reactions import build_reaction, resolve_reaction_name
-from .simulator import Pacing, simulate
+from .metrics import activation_summary, activation_times
+from .reactions.generator_models import (
+    build_generator_reaction,
+    in_search_catalog,
+    resolve_generator_reaction,
+)
+from .simulator import FIXED_STEP_METHODS, Pacing, simulate
+
+#: Least share of the nodes every beat of a generated set must activate (``u`` crossing 0.5):
+#: a set whose wave dies out short of it is refused unless partial activation is allowed
+#: explicitly (:func:`propagation_check`).
+MIN_ACTIVATED_FRACTION = 0.95
 
 #: where an anisotropic set's fibres come from (``none``: an isotropic set)
 FIBER_SOURCES = ("none", "rule", "mesh")
 
 #: Progress callback: fraction of the simulation done, in [0, 1].
 ProgressCallback = Callable[[float], None]
+
+
+class PartialActivationError(ValueError):
+    """A generated set whose wave dies out before it reaches enough of the mesh."""
+
+    def __init__(self, reaction: str, activation: dict[str, Any]) -> None:
+        super().__init__(
+            f"the {reaction} set activates only {activation['fraction_activated_min']:.1%} of "
+            f"the nodes in its worst beat ({activation['fraction_activated_mean']:.1%} on "
+            f"average; {MIN_ACTIVATED_FRACTION:.0%} required) and its wave dies out in "
+            f"{activation['beats_stalled']} of {activation['beats']} beats: it does not "
+            "propagate over the mesh. Change the reaction's parameters or the conductivity, or "
+            "allow a partial set explicitly (--allow-partial)"
+        )
+        self.activation = activation
+
+
+def propagation_check(u: np.ndarray, t: np.ndarray) -> dict[str, Any]:
+    """How far each beat's wave gets: the activated shares and the beats that fall short.
+
+    A beat short of :data:`MIN_ACTIVATED_FRACTION` is *stalled* when its wave died out (no
+    node activated in the last 10% of the window, at least two frames), else *truncated*:
+    still advancing when the window ends (a window shorter than the activation, not a
+    failure to propagate).
+    """
+    at = activation_times(u, t)
+    summary = activation_summary(at)
+    fraction = np.isfinite(at).mean(axis=1)
+    late = t[-1] - max(0.1 * (t[-1] - t[0]), 2.0 * float(t[1] - t[0]) if len(t) > 1 else 0.0)
+    advancing = (np.nan_to_num(at, nan=-np.inf) >= late).any(axis=1)
+    short = fraction < MIN_ACTIVATED_FRACTION
+    return {
+        "fraction_activated_min": summary["fraction_activated_min"],
+        "fraction_activated_mean": summary["fraction_activated_mean"],
+        "total_activation_time_mean_ms": summary["total_activation_time_mean"],
+        "beats": int(len(fraction)),
+        "beats_stalled": int((short & ~advancing).sum()),
+        "beats_truncated": int((short & advancing).sum()),
+    }
 
 
 @dataclass(frozen=True)
@@ -74,7 +127,7 @@ class BenchmarkConfig:
     anisotropy: float = 1.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "reaction", resolve_reaction_name(self.reaction))
+        object.__setattr__(self, "reaction", resolve_generator_reaction(self.reaction))
         if sum(self.split_sizes) != self.n_samples:
             raise ValueError(
                 f"split sizes {self.split_sizes} must add up to n_samples={self.n_samples}"
@@ -187,8 +240,15 @@ def generate_benchmark(
     mesh: Mesh | None = None,
     progress: ProgressCallback | None = None,
     name: str | None = None,
+    allow_partial: bool = False,
 ) -> EPDataset:
-    """Simulate a benchmark data set (deterministic under ``config.seed``)."""
+    """Simulate a benchmark data set (deterministic under ``config.seed``).
+
+    Every beat must activate at least :data:`MIN_ACTIVATED_FRACTION` of the nodes (before any
+    observation noise) or still be advancing when the window ends; a wave that dies out short
+    of it raises :class:`PartialActivationError`, unless ``allow_partial``. The figures of
+    :func:`propagation_check` go into ``meta["activation"]`` either way.
+    """
     mesh = tissue_mesh(mesh or bundled_mesh(), config)
     rng = np.random.default_rng(config.seed)
     conductivity = conductivity_map(mesh, config, rng)
@@ -199,7 +259,11 @@ def generate_benchmark(
 
     frames = int(round(config.duration_ms / config.frame_interval_ms)) + 1
     t = np.arange(frames) * config.frame_interval_ms
-    reaction = build_reaction(config.reaction, learnable=False, **config.reaction_parameters)
+    reaction = build_generator_reaction(
+        config.reaction,
+        step_size_ms=config.step_size_ms if config.method in FIXED_STEP_METHODS else None,
+        **config.reaction_parameters,
+    )
     anisotropic = config.fibers != "none"
     transverse = conductivity.sigma / config.anisotropy if anisotropic else None
     laplacian = mesh.laplacian(conductivity.sigma, transverse=transverse)
@@ -232,6 +296,9 @@ def generate_benchmark(
             if progress is not None:
                 progress(last / (frames - 1))
     elapsed = time.perf_counter() - started
+    activation = propagation_check(u, t)
+    if activation["beats_stalled"] and not allow_partial:
+        raise PartialActivationError(config.reaction, activation)
 
     if config.noise_std > 0:
         u += rng.normal(0.0, config.noise_std, size=u.shape).astype(np.float32)
@@ -242,6 +309,8 @@ def generate_benchmark(
         "generator_version": __version__,
         "reaction": config.reaction,
         "reaction_parameters": reaction.parameter_values(),
+        "reaction_in_catalog": in_search_catalog(config.reaction),
+        "activation": {**activation, "partial_allowed": allow_partial},
         "diffusion": "fe_laplacian",
         "mesh": mesh.name,
         "scar_center": conductivity.scar_center,

@@ -24,9 +24,11 @@ import torch
 
 __all__ = [
     "ActivationError",
+    "ErrorStructure",
     "activation_summary",
     "activation_times",
     "at_mae",
+    "error_structure",
     "trajectory_mse",
 ]
 
@@ -267,3 +269,102 @@ def activation_summary(at: Any) -> dict[str, float | int]:
         "total_activation_time_mean": tat_mean,
         "n_not_activated": int((~activated).sum()),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Where the error sits: the wave's timing or the action potential's shape
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ErrorStructure:
+    r"""A trajectory error split into the wave's timing and the action potential's shape.
+
+    Each node's predicted trace is shifted in time so that its activation coincides with the
+    true one, ``u_aligned(t) = u_pred(t + AT_pred - AT_true)``; what the shift removes is the
+    *timing* (wavefront) error, where and when the wave arrives, the diffusion's job; what
+    remains is the *shape* error (upstroke, plateau, repolarisation, rest), the reaction's:
+
+    .. math::
+        \text{shape} = \overline{(u_{aligned} - u_{true})^2}, \qquad
+        \text{wavefront} = \overline{(u_{pred} - u_{true})^2} - \text{shape}
+
+    (clipped to ``[0, mse]``). A node activated in one map only (the wave never arrives, or
+    arrives where it should not) counts wholly as wavefront error; one activated in neither
+    counts as shape (its resting level).
+
+    Attributes:
+        mse: total mean squared error, ``wavefront_mse + shape_mse``.
+        wavefront_mse: the part of the MSE that aligning the activations removes.
+        shape_mse: the rest.
+        wavefront_share: ``wavefront_mse / mse`` (0 when ``mse`` is 0).
+        at_mae_ms: activation-time MAE over entries activated in both maps (NaN if none).
+        at_missed_fraction: share of truly activated entries the prediction never activates.
+    """
+
+    mse: float
+    wavefront_mse: float
+    shape_mse: float
+    wavefront_share: float
+    at_mae_ms: float
+    at_missed_fraction: float
+
+    @property
+    def shape_share(self) -> float:
+        return 1.0 - self.wavefront_share if self.mse > 0 else 0.0
+
+    def as_dict(self) -> dict[str, float | None]:
+        """Plain ``dict`` of the fields and ``shape_share`` (JSON-friendly: NaN becomes None)."""
+        values = {**asdict(self), "shape_share": self.shape_share}
+        return {k: (v if np.isfinite(v) else None) for k, v in values.items()}
+
+
+def _shifted(u: np.ndarray, shift: np.ndarray, step: float) -> np.ndarray:
+    """``u [S, F, N]`` resampled at ``t + shift [S, N]`` (ms; linear, held at the ends)."""
+    frames = u.shape[1]
+    position = (np.arange(frames)[None, :, None] * step + shift[:, None, :]) / step
+    position = np.clip(position, 0.0, frames - 1.0)
+    low = np.floor(position).astype(np.int64)
+    high = np.minimum(low + 1, frames - 1)
+    frac = position - low
+    u_low = np.take_along_axis(u, low, axis=1)
+    u_high = np.take_along_axis(u, high, axis=1)
+    return u_low + frac * (u_high - u_low)
+
+
+def error_structure(u_pred: Any, u_true: Any, t: Any) -> ErrorStructure:
+    """Split the trajectory error of ``u_pred`` against ``u_true`` into timing and shape.
+
+    Args:
+        u_pred, u_true: ``[samples, frames, nodes]`` (or ``[frames, nodes]``), same shape.
+        t: frame times (ms), ``[frames]``, equally spaced.
+
+    See :class:`ErrorStructure` for the definitions.
+    """
+    pred = _to_numpy(u_pred)
+    true = _to_numpy(u_true)
+    if pred.shape != true.shape:
+        raise ValueError(f"error_structure: shape mismatch {pred.shape} vs {true.shape}")
+    if pred.ndim == 2:
+        pred, true = pred[None], true[None]
+    times = _to_numpy(t)
+    step = float(times[1] - times[0]) if len(times) > 1 else 1.0
+    at_pred = activation_times(pred, times)
+    at_true = activation_times(true, times)
+    both = np.isfinite(at_pred) & np.isfinite(at_true)
+    one = np.isfinite(at_pred) ^ np.isfinite(at_true)
+    aligned = _shifted(pred, np.where(both, at_pred - at_true, 0.0), step)
+    squared = (pred - true) ** 2
+    aligned_squared = np.where(one[:, None, :], 0.0, (aligned - true) ** 2)
+    aligned_squared = np.minimum(aligned_squared.mean(axis=1), squared.mean(axis=1))
+    total = float(squared.mean())
+    shape = min(float(aligned_squared.mean()), total)
+    error = at_mae(at_pred, at_true)
+    return ErrorStructure(
+        mse=total,
+        wavefront_mse=total - shape,
+        shape_mse=shape,
+        wavefront_share=(total - shape) / total if total > 0 else 0.0,
+        at_mae_ms=error.mae,
+        at_missed_fraction=error.missed_fraction,
+    )

@@ -24,10 +24,22 @@ import numpy as np
 import torch
 
 from .dataset import EPDataset
+from .diagnosis import (  # noqa: F401  (re-exported: the diagnosis used to live here)
+    CAPTURES_THE_WAVE,
+    FAR_ABOVE_FLOOR,
+    FLOOR_SHARE,
+    GOOD_FIT_EXPLAINED,
+    PLATEAU_GAIN,
+    WAVEFRONT_BLAME,
+    CatalogGap,
+    Diagnosis,
+    Status,
+    diagnose,
+)
 from .diffusion import template_info
 from .graph import MeshGraph
 from .hybrid import HybridModel
-from .metrics import ActivationError, activation_times, at_mae
+from .metrics import ActivationError, ErrorStructure, activation_times, at_mae, error_structure
 from .observation import (
     ObservationOperator,
     electrode_correlation,
@@ -36,8 +48,6 @@ from .observation import (
 )
 from .simulator import SimulationDiverged
 from .spec import CandidateSpec
-
-Status = Literal["ok", "unstable", "failed"]
 
 
 @dataclass(frozen=True)
@@ -103,17 +113,6 @@ ProgressCallback = Callable[[TrainingProgress], None]
 
 
 @dataclass
-class Diagnosis:
-    """What the curves say, in words the agent can act on."""
-
-    verdict: Literal["good_fit", "overfitting", "underfitting", "unstable", "failed"]
-    text: str
-    generalisation_gap: float | None
-    explained_variance: float | None
-    parameter_count: int
-
-
-@dataclass
 class FitResult:
     status: Status
     train_losses: list[float]
@@ -139,12 +138,7 @@ class FitResult:
             "wall_seconds": round(self.wall_seconds, 3),
             "failure": self.failure,
             "reaction_parameters": self.reaction_parameters,
-            "diagnosis": {
-                "verdict": self.diagnosis.verdict,
-                "text": self.diagnosis.text,
-                "generalisation_gap": self.diagnosis.generalisation_gap,
-                "explained_variance": self.diagnosis.explained_variance,
-            },
+            "diagnosis": self.diagnosis.as_dict(),
         }
 
 
@@ -220,46 +214,6 @@ def _cosine_factor(total_steps: int, final_fraction: float, step: int) -> float:
     return final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def diagnose(
-    train_losses: list[float],
-    val_losses: list[float],
-    status: Status,
-    parameter_count: int,
-    data_variance: float,
-    failure: dict[str, Any] | None = None,
-) -> Diagnosis:
-    """Name the fit's problem: instability, over-fitting (gap) or under-fitting (variance)."""
-    if status != "ok" or not val_losses:
-        where = f" at epoch {failure['epoch']}, step {failure['step']}" if failure else ""
-        reason = failure.get("reason", "") if failure else ""
-        return Diagnosis(
-            "unstable" if status == "unstable" else "failed",
-            f"integration diverged{where} ({reason}); reduce capacity, simplify the diffusion "
-            "or choose a different reaction",
-            None,
-            None,
-            parameter_count,
-        )
-    best = int(np.argmin(val_losses))
-    gap = (val_losses[best] - train_losses[best]) / max(train_losses[best], 1e-12)
-    explained = 1.0 - val_losses[best] / max(data_variance, 1e-12)
-    improving = len(val_losses) > 1 and val_losses[-1] < 0.95 * val_losses[0]
-    if gap > 0.5:
-        verdict, advice = "overfitting", "validation loss well above training loss: simplify"
-    elif explained < 0.8 or (len(train_losses) > 1 and not improving and explained < 0.95):
-        verdict = "underfitting"
-        advice = "the model explains too little of the data: refine (more capacity) or change"
-        advice += " the reaction model"
-    else:
-        verdict, advice = "good_fit", "train and validation agree and the error is small"
-    text = (
-        f"{verdict}: val MSE {val_losses[best]:.3g} (best epoch {best + 1}), train MSE "
-        f"{train_losses[best]:.3g}, gap {gap:+.0%}, explains {explained:.1%} of the variance, "
-        f"{parameter_count} parameters; {advice}"
-    )
-    return Diagnosis(verdict, text, float(gap), float(explained), parameter_count)
-
-
 def fit(
     spec: CandidateSpec,
     dataset: EPDataset,
@@ -299,6 +253,7 @@ def fit(
     best_state: dict[str, torch.Tensor] | None = None
     best_val = math.inf
     best_epoch: int | None = None
+    best_prediction: torch.Tensor | None = None
     failure: dict[str, Any] | None = None
     status: Status = "ok"
     for epoch in range(1, config.epochs + 1):
@@ -351,13 +306,21 @@ def fit(
         if val_loss < best_val:
             best_val, best_epoch = val_loss, epoch
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_prediction = predicted.detach().cpu()
         elif best_epoch is not None and epoch - best_epoch >= config.patience:
             break
 
     if best_state is not None:
         model.load_state_dict(best_state)
     diagnosis = diagnose(
-        train_losses, val_losses, status, model.parameter_count(), data_variance, failure
+        train_losses,
+        val_losses,
+        status,
+        model.parameter_count(),
+        data_variance,
+        failure,
+        _validation_structure(dataset, val_index, best_prediction, observation),
+        _noise_variance(dataset, observation),
     )
     return FitResult(
         status=status,
@@ -372,6 +335,26 @@ def fit(
         failure=failure,
         reaction_parameters=model.reaction.parameter_values(),
     )
+
+
+def _validation_structure(
+    dataset: EPDataset,
+    indices: np.ndarray,
+    predicted: torch.Tensor | None,
+    observation: ObservationOperator,
+) -> ErrorStructure | None:
+    """Wavefront/shape split of the best epoch's validation rollout (TMP data only)."""
+    if predicted is None or dataset.u is None or observation.name != "tmp":
+        return None
+    return error_structure(predicted.numpy(), dataset.u[indices, 1:], dataset.t[1:])
+
+
+def _noise_variance(dataset: EPDataset, observation: ObservationOperator) -> float:
+    """Variance of the observation noise the generator added (TMP data sets), else 0."""
+    if observation.name != "tmp":
+        return 0.0
+    noise = dataset.meta.get("noise_std") or 0.0
+    return float(noise) ** 2 if isinstance(noise, (int, float)) else 0.0
 
 
 @dataclass

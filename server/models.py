@@ -126,6 +126,16 @@ class TrainingResult(_Output):
     best_epoch: int | None
     diagnosis: str
     verdict: str
+    catalog_may_lack: Literal["reaction", "diffusion"] | None = Field(
+        default=None,
+        description="set when this fit plateaued far above the noise floor: the part (reaction "
+        "or diffusion) whose right model the catalog may lack, if no other structure does better",
+    )
+    error_split: dict[str, float | None] | None = Field(
+        default=None,
+        description="validation error split: wavefront_share (activation timing) vs "
+        "shape_share (plateau, repolarisation), at_mae_ms, at_missed_fraction",
+    )
     parameter_count: int | None
     wall_seconds: float
     reaction_parameters: dict[str, float | None] = Field(default_factory=dict)

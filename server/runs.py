@@ -357,6 +357,8 @@ class Runs:
             best_epoch=summary.get("best_epoch"),
             diagnosis=diagnosis["text"],
             verdict=diagnosis["verdict"],
+            catalog_may_lack=diagnosis.get("catalog_may_lack"),
+            error_split=diagnosis.get("error_split"),
             parameter_count=summary.get("parameter_count"),
             wall_seconds=float(summary.get("wall_seconds", 0.0)),
             reaction_parameters={

@@ -196,7 +196,7 @@ def test_progress_is_reported(heart):
         ({"frame_interval_ms": 0.01}, "frame interval"),
         ({"duration_ms": 0.0}, "duration"),
         ({"noise_std": -0.1}, "noise_std"),
-        ({"reaction": "beeler_reuter"}, "unknown reaction"),
+        ({"reaction": "hodgkin_huxley"}, "unknown reaction"),
     ],
 )
 def test_config_validation(kwargs, message):

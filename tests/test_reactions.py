@@ -9,11 +9,11 @@ model                peak u    first u > 0.8    time u > 0.5   min u       back 
 aliev_panfilov       0.999     10.4 ms          318 ms         0.0         345 ms
 rogers_mcculloch     0.868     13.8 ms          66 ms          0.0         126 ms
 mitchell_schaeffer   0.946     1.7 ms           257 ms         0.0         293 ms
-fitzhugh_nagumo      0.824     17.6 ms          33 ms          -0.248      101 ms
+fitzhugh_nagumo      0.963     6.4 ms           57 ms          -0.261      183 ms
 fenton_karma         1.018     0.9 ms           141 ms         0.0         168 ms
 ===================  ========  ===============  =============  ==========  =================
 
-From u = 0.05 every model decays to rest (peak 0.05; FitzHugh-Nagumo dips to -0.011).
+From u = 0.05 every model decays to rest (peak 0.05; FitzHugh-Nagumo dips to -0.006).
 """
 
 from __future__ import annotations

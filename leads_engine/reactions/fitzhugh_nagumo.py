@@ -21,8 +21,17 @@ class FitzHughNagumo(ReactionModel):
     Proc. IRE 50:2061-2070, 1962; normalised form and parameters as in Rogers and McCulloch,
     IEEE Trans. Biomed. Eng. 41(8):743-757, 1994.
 
-    Defaults: ``a = 0.13``, ``b = 0.013``, ``c1 = 0.26``, ``c2 = 0.1``, ``d = 1.0``; one model
+    Defaults: ``a = 0.13``, ``b = 0.01``, ``c1 = 0.5``, ``c2 = 0.1``, ``d = 0.5``; one model
     time unit is taken as 0.5 ms (``time_scale = 2``), as for Rogers-McCulloch.
+
+    Rogers and McCulloch's FitzHugh-Nagumo set (``b = 0.013``, ``c1 = 0.26``, ``d = 1``) does
+    not propagate on the bundled mesh at its conductivities: the paced patch recovers before
+    it excites its neighbours (3% of the nodes activate). The stronger excitation ``c1 = 0.5``
+    and slower recovery ``b = 0.01`` give a wave reaching every node (total activation about
+    110 ms, 60 ms above u = 0.5 per node), with margin: ``c1`` from 0.4 to 0.6, ``b`` from
+    0.006 to 0.02 and ``d`` from 0.5 to 0.6 all still activate every node. ``d = 0.5`` keeps
+    the medium monostable (a single rest state): an excited state exists only if
+    ``d > c2 / (c1 max_u (u - a)(1 - u))``, about 1.06 here.
     """
 
     name = "fitzhugh_nagumo"
@@ -30,10 +39,10 @@ class FitzHughNagumo(ReactionModel):
     resting_state = (0.0, 0.0)
     parameter_ranges = {
         "a": ParameterRange(0.13, 0.02, 0.4, description="excitation threshold"),
-        "b": ParameterRange(0.013, 1e-3, 0.1, log=True, description="recovery rate"),
-        "c1": ParameterRange(0.26, 0.03, 2.0, log=True, description="excitation gain"),
+        "b": ParameterRange(0.01, 1e-3, 0.1, log=True, description="recovery rate"),
+        "c1": ParameterRange(0.5, 0.03, 2.0, log=True, description="excitation gain"),
         "c2": ParameterRange(0.1, 0.01, 1.0, log=True, description="recovery coupling"),
-        "d": ParameterRange(1.0, 0.2, 5.0, log=True, description="recovery decay"),
+        "d": ParameterRange(0.5, 0.2, 5.0, log=True, description="recovery decay"),
     }
     time_scale_range = ParameterRange(2.0, 0.1, 40.0, log=True)
 
