@@ -4,7 +4,7 @@ The sets are simulated with the Beeler-Reuter 1977 ventricular model (eight stat
 spike-and-dome action potential), which the generator has and the search catalog deliberately
 lacks: no structure LEADS can choose holds the truth. ``br`` has isotropic conduction;
 ``br_aniso`` fibre-aligned conduction (``fibers="rule"``, along/across ratio
-:data:`ANISOTROPY`) when the generator supports fibres, else it is skipped with a note.
+:data:`ANISOTROPY`, the rule-based helix of :mod:`leads_engine.fibers`).
 
 Methods that need the true reaction do what is honest when it is not in the catalog:
 
@@ -23,7 +23,6 @@ test MSE, and its AT MAE under 1.5 ms.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -80,12 +79,6 @@ TARGET_RATIO = 5.0
 TARGET_AT_MAE_MS = 1.5
 
 
-def generator_supports_fibres() -> bool:
-    """Whether this generator can make anisotropic sets (``fibers`` and ``anisotropy``)."""
-    names = {f.name for f in dataclasses.fields(DataSetConfig)}
-    return {"fibers", "anisotropy"} <= names
-
-
 def _dataset_config(anisotropic: bool, quick: bool) -> DataSetConfig:
     values: dict[str, Any] = {"reaction": "br"}
     if quick:
@@ -99,17 +92,11 @@ def _dataset_config(anisotropic: bool, quick: bool) -> DataSetConfig:
     return DataSetConfig(**values)
 
 
-def prepare_beyond_datasets(
-    config: BenchConfig, say: Callable[[str], None]
-) -> tuple[dict[str, Path], dict[str, str]]:
-    """The out-of-catalog sets (generated when missing) and the ones skipped, with why."""
+def prepare_beyond_datasets(config: BenchConfig, say: Callable[[str], None]) -> dict[str, Path]:
+    """The out-of-catalog sets, generated when missing."""
     paths: dict[str, Path] = {}
-    skipped: dict[str, str] = {}
     mesh = make_lv_mesh(QUICK_DATA["nodes"]) if config.quick else None
     for name, anisotropic in BEYOND_DATASETS.items():
-        if anisotropic and not generator_supports_fibres():
-            skipped[name] = "the generator has no fibre field (fibers/anisotropy) on this build"
-            continue
         folder = config.out / "datasets" if config.quick else datasets_dir()
         stem = f"quick_{name}" if config.quick else name
         path = folder / f"{stem}.npz"
@@ -121,7 +108,7 @@ def prepare_beyond_datasets(
             folder.mkdir(parents=True, exist_ok=True)
             dataset.save(path)
         paths[name] = path
-    return paths, skipped
+    return paths
 
 
 def run_generator_oracle_row(
@@ -132,12 +119,12 @@ def run_generator_oracle_row(
     dataset = load_dataset(dataset_path)
     meta = dataset.meta
     made = meta["config"]
-    if made.get("fibers", "none") != "none":
-        raise ValueError("the generator oracle rebuilds isotropic operators only")
     started = time.perf_counter()
     indices = dataset.indices("test")
     sites = dataset.pacing_site[indices]
-    mesh = dataset.mesh()
+    mesh = dataset.mesh()  # with the set's fibres, if it has them
+    # an anisotropic set's conductivity is the along-fibre one; across it is R times smaller
+    transverse = None if dataset.fibers is None else dataset.conductivity / dataset.anisotropy
     method = made["method"]
     reaction = build_generator_reaction(
         meta["reaction"],
@@ -147,7 +134,7 @@ def run_generator_oracle_row(
     say(f"simulating {len(indices)} test beats with {meta['reaction']}")
     with torch.no_grad():
         result = simulate(
-            mesh.laplacian(dataset.conductivity),
+            mesh.laplacian(dataset.conductivity, transverse=transverse),
             reaction,
             Pacing(sites.tolist(), mode="initial", radius=made["pacing_radius_mm"]),
             dataset.t,
@@ -168,7 +155,8 @@ def run_generator_oracle_row(
         "test_at_mae_ms": error.mae,
         "test_at_missed": error.missed_fraction,
         "reaction": str(meta["reaction"]),
-        "diffusion": "fe_laplacian (true conductivity)",
+        "diffusion": "fe_laplacian (true conductivity"
+        + (", true fibres)" if transverse is not None else ")"),
         "true_reaction": str(meta["reaction"]),
         "reaction_identified": True,
         "in_catalog": in_search_catalog(str(meta["reaction"])),
@@ -200,17 +188,7 @@ def planned_beyond_runs(
             continue
         methods.append(method)
     cost = {"leads-offline": 7, "diff-only": 6, "react-only": 5, "hybrid-gat": 4}
-    runs = [
-        Run(m, d, s)
-        for m in methods
-        for d in datasets
-        for s in config.seeds
-        if not (m == "physics" and BEYOND_DATASETS.get(d))
-    ]
-    if "physics" in methods and any(BEYOND_DATASETS.get(d) for d in datasets):
-        skipped["physics on the anisotropic set"] = (
-            "the oracle's re-simulation rebuilds the isotropic operator only"
-        )
+    runs = [Run(m, d, s) for m in methods for d in datasets for s in config.seeds]
     runs.sort(key=lambda r: -cost.get(r.method, 1))
     return runs, skipped
 
@@ -352,10 +330,9 @@ def run_beyond(config: BenchConfig, console: Console, command: str) -> Any:
 
     out = config.out
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    paths, skipped_sets = prepare_beyond_datasets(config, console.print)
+    paths = prepare_beyond_datasets(config, console.print)
     datasets = list(paths)
     runs, skipped = planned_beyond_runs(config, datasets)
-    skipped = {**skipped, **skipped_sets}
     todo = [r for r in runs if load_record(out, r) is None]
     if len(todo) < len(runs):
         console.print(f"resuming: {len(runs) - len(todo)} of {len(runs)} runs already done")

@@ -11,7 +11,6 @@ from leads_bench.beyond import (
     BEYOND_METHODS,
     beyond_checks,
     beyond_markdown,
-    generator_supports_fibres,
     planned_beyond_runs,
     prepare_beyond_datasets,
     run_generator_oracle_row,
@@ -29,7 +28,7 @@ TINY = {"nodes": 300, "samples": 4, "split": (2, 1, 1), "duration_ms": 30.0}
 
 @pytest.fixture(scope="module")
 def tiny_beyond(tmp_path_factory: pytest.TempPathFactory):
-    """The quick --beyond sets on the 300-node mesh, 30 ms: paths and the sets skipped."""
+    """The quick --beyond sets on the 300-node mesh, 30 ms, and the output folder."""
     patch = pytest.MonkeyPatch()
     patch.setattr(beyond, "QUICK_DATA", TINY)
     out = tmp_path_factory.mktemp("beyond")
@@ -39,27 +38,28 @@ def tiny_beyond(tmp_path_factory: pytest.TempPathFactory):
         patch.undo()
 
 
-def test_the_anisotropic_set_is_made_or_skipped_with_a_reason(tiny_beyond):
-    (paths, skipped), _ = tiny_beyond
+def test_both_sets_hold_an_out_of_catalog_truth_one_with_fibres(tiny_beyond):
+    paths, _ = tiny_beyond
     dataset = load_dataset(paths["br"])
     assert dataset.meta["reaction"] == "beeler_reuter" and not dataset.meta["reaction_in_catalog"]
-    if generator_supports_fibres():
-        assert "br_aniso" in paths and not skipped
-    else:
-        assert "fibre" in skipped["br_aniso"] and "br_aniso" not in paths
+    assert dataset.fibers is None
+    anisotropic = load_dataset(paths["br_aniso"])
+    assert anisotropic.meta["reaction"] == "beeler_reuter" and anisotropic.fibers is not None
+    assert anisotropic.anisotropy == beyond.ANISOTROPY
 
 
-def test_the_oracle_is_the_generators_own_model(tiny_beyond):
-    (paths, _), out = tiny_beyond
+@pytest.mark.parametrize("name", ["br", "br_aniso"])
+def test_the_oracle_is_the_generators_own_model(tiny_beyond, name):
+    paths, out = tiny_beyond
     config = BenchConfig(out=out, quick=True, beyond=True)
-    record = run_generator_oracle_row(Run("physics", "br", 0), paths["br"], config, print)
+    record = run_generator_oracle_row(Run("physics", name, 0), paths[name], config, print)
     assert record["test_mse"] < 1e-10  # the same simulation as the generator's
     assert record["test_at_mae_ms"] < 1e-6 and record["test_at_missed"] == 0.0
     assert record["in_catalog"] is False and "not in the search catalog" in str(record["details"])
 
 
 def test_true_reaction_baselines_use_the_best_catalog_reaction_and_say_so(tiny_beyond):
-    (paths, _), _ = tiny_beyond
+    paths, _ = tiny_beyond
     dataset = load_dataset(paths["br"])
     fast = TrainingConfig(batch_size=2, checkpoint_frames=5, compile=False)
     result = run_baseline("hybrid-gat", dataset, epochs=1, finetune_epochs=1, config=fast)
