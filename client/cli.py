@@ -225,7 +225,14 @@ def run_cohort_command(args: argparse.Namespace, console: Console) -> int:
         sys.stdout.write(data.read_text(encoding="utf-8"))
     elif not args.quiet:
         console.print(f"cohort report: {markdown}")
-    return 0 if all(e.get("status") == "done" for e in entries) else 1
+    unfinished = [e["dataset"] for e in entries if e.get("status") != "done"]
+    if unfinished:
+        console.print(
+            f"{len(unfinished)} data set(s) not done ({', '.join(unfinished)}); see "
+            f"{markdown}; run the same command again to resume them"
+        )
+        return 1
+    return 0
 
 
 def make_policy(
