@@ -176,7 +176,11 @@ class RayExecutor:
         if not self.ray.is_initialized():
             settings: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
             if address is None:
-                settings |= {"include_dashboard": False, "num_cpus": local_cpus}
+                settings |= {
+                    "include_dashboard": False,
+                    "num_cpus": local_cpus,
+                    "_node_ip_address": "127.0.0.1",  # a private instance: loopback only
+                }
             self.ray.init(address=address, **settings)
         self._task = self.ray.remote(num_returns="streaming")(ray_job)
         cpus = float(self.ray.cluster_resources().get("CPU", 1.0))

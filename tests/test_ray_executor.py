@@ -208,3 +208,26 @@ async def test_a_ray_worker_killed_mid_training_fails_the_candidate_with_a_reaso
             assert again["status"] == "ok"
     finally:
         server.close()
+
+
+async def test_with_one_retry_a_killed_ray_worker_reruns_the_job_to_the_same_result(
+    cluster: None, dataset_path: str
+) -> None:
+    executor = RayExecutor(retries=1)
+    reference = await executor.run(fit(dataset_path, 3))
+    killed: list[int] = []
+    phases: list[str] = []
+
+    async def kill_once(event: dict[str, Any]) -> None:
+        phases.append(event["phase"])
+        if not killed and event["phase"] == "batch":
+            for pid in task_pids():
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+    rerun = await executor.run(fit(dataset_path, 3), kill_once)
+    assert killed
+    # the retry trains from the start with the same seed: the same numbers; its progress
+    # events already delivered by the first attempt are not delivered twice
+    assert rerun["weights"] == reference["weights"]
+    assert phases.count("epoch") == 3
