@@ -80,6 +80,7 @@ def run_cohort(
         "--finetune",
         str(args.finetune),
         "--no-compile",
+        "--no-anonymise",  # the same screening order in every row (aliases are random)
         "--json",
         *extra,
     ]

@@ -3,6 +3,7 @@ that is killed mid-way, resumed to the end, then extended (finished data sets sk
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -14,13 +15,22 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
+from leads_agent.cohort import CohortState, CohortTable, MemberView
 from leads_agent.cohort_report import cohort_markdown, cohort_summary, quantile, spread
+from leads_agent.state import Candidate
+from rich.console import Console
 from server_calls import save_tiny
 
 psutil = pytest.importorskip("psutil")
+pytestmark = pytest.mark.anyio
 
 COHORT = "trial"
 BUDGET = 4
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
 
 
 def test_quantiles_and_spread_match_numpy() -> None:
@@ -68,6 +78,37 @@ def test_the_report_has_a_row_per_data_set_and_the_spread() -> None:
     assert "| p1 | done | s-2 | aliev_panfilov + gcn | 0.0003 | 1.5 | 50 |" in text
     assert "| test_mse | 2 | 0.0002 |" in text
     assert "- p2: cannot load data set 'p2'" in text
+
+
+async def test_the_live_table_shows_each_data_set_and_saves_sessions_at_once(
+    tmp_path: Path,
+) -> None:
+    console = Console(file=io.StringIO(), width=160, force_terminal=False)
+    state = CohortState(tmp_path / "c", ["p0", "p1"])
+    table = CohortTable(state, budget=4, console=console)
+    with table:
+        view = MemberView("p0", state, table)
+        table.views["p0"] = view
+        view.session("s-123", {})
+        # the session id is on disk before any training: a killed cohort resumes it
+        assert json.loads((tmp_path / "c" / "state.json").read_text())["datasets"]["p0"] == {
+            "dataset": "p0",
+            "status": "running",
+            "session_id": "s-123",
+        }
+        view.thought(2, "screen the next reaction")
+        ok = Candidate("c-1", "select", "aliev_panfilov", "laplacian_global", "ok", val_loss=0.01)
+        view.candidates([ok])
+        await view.progress(1.0, 3.0, "c-1 queued: all 2 job slot(s) busy")
+        state.update("p1", status="done", structure="aliev_panfilov + gcn", test_mse=2e-4)
+        table.refresh()
+    text = console.file.getvalue()
+    assert "p0" in text and "s-123" in text and "2/4" in text and "queued" in text
+    assert "aliev_panfilov + laplacian_global (0.01)" in text
+    assert "aliev_panfilov + gcn" in text and "0.0002" in text
+    # a second cohort object over the same folder keeps what was saved
+    again = CohortState(tmp_path / "c", ["p0", "p1", "p2"])
+    assert again.entries["p1"]["status"] == "done" and again.entries["p2"]["status"] == "pending"
 
 
 def _cohort(home: Path, *datasets: str) -> list[str]:
