@@ -187,6 +187,7 @@ class RayExecutor:
         self.slots = JobSlots(max_jobs or max(1, int(cpus // self.resources.num_cpus)))
         self._datasets: dict[tuple[str, int, int], Any] = {}
         self._active: set[Any] = set()
+        self._warm: list[Any] = []
 
     def describe(self) -> dict[str, Any]:
         """Name, slots, cluster CPUs and GPUs, and what each job asks for."""
@@ -203,7 +204,15 @@ class RayExecutor:
         }
 
     def warm_up(self) -> None:
-        """Nothing to do: the connection is made when the executor is built."""
+        """Start one Ray worker per slot now, each with its worker runner's fork server (it
+        imports torch: seconds), so that the first trainings do not wait for them: one
+        ``ping`` job per slot, whose results nobody waits for."""
+        self._warm = [
+            self._task.options(**self.resources.options()).remote(
+                Job("ping"), None, self.start_method
+            )
+            for _ in range(self.slots.capacity)
+        ]
 
     def kill_all(self) -> int:
         """Force-cancel every running job (their Ray workers and sandboxed children die)."""

@@ -140,6 +140,10 @@ async def test_data_sets_travel_by_object_store_or_shared_folder(
     cluster: None, dataset_path: str, tmp_path: Path
 ) -> None:
     stored = RayExecutor()
+    stored.warm_up()  # one ping per slot starts the Ray workers and their fork servers
+    warmed = [[ray.get(reference) for reference in generator] for generator in stored._warm]
+    assert len(warmed) == 2
+    assert all(w[0]["kind"] == "placed" and w[-1]["value"] == {"pong": True} for w in warmed)
     path, data = stored._dataset(dataset_path)
     assert path == "" and data is not None
     assert stored._dataset(dataset_path)[1] is data  # put once per file version
