@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--cpus-per-node", type=float, default=1.0)
     parser.add_argument("--skip-cluster", action="store_true")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], help="rows to leave out, e.g. 'local concurrent'"
+    )
     parser.add_argument("--json", type=Path, help="write the rows here too")
     args = parser.parse_args(argv)
     cores = len(os.sched_getaffinity(0))
@@ -149,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             ("local concurrent", ["--max-jobs", str(cores)]),
             ("ray concurrent", ["--executor", "ray"]),
         ]
+        plans = [plan for plan in plans if plan[0] not in args.skip]
         for label, extra in plans:
             rows.append(run_cohort(work / "patients", work, label, args, extra))
             print(json.dumps(rows[-1]), flush=True)

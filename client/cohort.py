@@ -17,8 +17,10 @@ when they had none.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -303,9 +305,6 @@ def server_arguments(
 
 def default_name(datasets: list[str]) -> str:
     """A cohort's folder name from its data sets (the same command finds the same folder)."""
-    import hashlib
-    import re
-
     stems = [re.sub(r"[^A-Za-z0-9_-]+", "_", Path(d).stem)[:16] for d in datasets]
     digest = hashlib.sha1("\0".join(datasets).encode()).hexdigest()[:8]
     return f"{'-'.join(stems)[:48]}-{digest}"
