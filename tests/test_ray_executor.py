@@ -19,6 +19,7 @@ ray = pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 
 from leads_server.app import build_server  # noqa: E402
+from leads_server.cli import build_executor, parse_args  # noqa: E402
 from leads_server.executor import LocalExecutor  # noqa: E402
 from leads_server.jobs import Job, WorkerError  # noqa: E402
 from leads_server.ray_executor import RayExecutor, RayResources  # noqa: E402
@@ -160,6 +161,12 @@ async def test_data_sets_travel_by_object_store_or_shared_folder(
     assert in_place["weights"] == through_store["weights"]
     with pytest.raises(ValueError):
         RayResources(num_cpus=0)
+    # leads-server's flags build the same executor
+    flags = ["--executor", "ray", "--ray-cpus-per-job", "2", "--ray-memory-gb", "1"]
+    from_flags = build_executor(parse_args([*flags, "--ray-retries", "1"]))
+    assert isinstance(from_flags, RayExecutor) and from_flags.retries == 1
+    assert from_flags.describe()["per_job"] == {"num_cpus": 2.0, "num_gpus": 0.0, "memory": 2**30}
+    assert from_flags.slots.capacity == 1  # 2 CPUs, 2 per job
 
 
 async def test_a_ray_worker_killed_mid_training_fails_the_candidate_with_a_reason(
