@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from .batch import run_batch
 from .connection import ServerConnection, ToolResult
 from .errors import AgentError
 from .home import leads_home
@@ -476,13 +477,22 @@ async def run_search(
         view.message(f"resuming {run.session_id}: {done} of {config.budget} steps done")
     new_steps = 0
     stopped = False
-    for number in range(done + 1, config.budget + 1):
-        if config.max_steps is not None and new_steps >= config.max_steps:
+    number = done + 1
+    while number <= config.budget:
+        left = config.budget - number + 1
+        if config.max_steps is not None:
+            left = min(left, config.max_steps - new_steps)
+        if left <= 0:
             break
-        if not await run.step(number):
-            stopped = True
-            break
-        new_steps += 1
+        # independent candidates (the reaction screening) train together, one step each
+        taken = await run_batch(run, number, min(left, config.parallel))
+        if not taken:
+            if not await run.step(number):
+                stopped = True
+                break
+            taken = 1
+        number += taken
+        new_steps += taken
     candidates = await run.read_candidates()
     view.candidates(candidates)
     completed = stopped or run.steps_done(candidates) >= config.budget

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -106,10 +109,130 @@ def build_parser() -> argparse.ArgumentParser:
     baseline = sub.add_parser("baseline", help="a paper baseline through the same tools")
     baseline.add_argument("--method", choices=BASELINES, required=True)
     _common(baseline)
+    _cohort_parser(sub)
     sub.add_parser(  # its options are leads-bench's: main() hands the arguments over
         "bench", help="the paper's comparison table (all methods, AP/RM/MS, seeds)", add_help=False
     )
     return parser
+
+
+def _cohort_parser(sub: Any) -> None:
+    """``leads-agent cohort``: one discovery per data set, concurrently (:mod:`.cohort`)."""
+    cohort = sub.add_parser(
+        "cohort", help="one discovery per data set (a patient cohort), concurrently, resumable"
+    )
+    cohort.add_argument(
+        "--datasets", nargs="+", required=True, metavar="DATASET", help="names or .npz paths"
+    )
+    cohort.add_argument(
+        "--name",
+        help="cohort name: its folder is $LEADS_HOME/cohorts/NAME (default: from the "
+        "data sets; the same command resumes the same cohort)",
+    )
+    cohort.add_argument("--budget", type=int, default=15, help="search steps per data set (15)")
+    cohort.add_argument("--epochs", type=int, default=3, help="epochs per candidate (3)")
+    cohort.add_argument("--finetune", type=int, default=10, help="fine-tuning epochs (10)")
+    cohort.add_argument("--seed", type=int, default=0, help="training seed (0)")
+    cohort.add_argument(
+        "--no-anonymise", dest="anonymise", action="store_false", help="show real reaction names"
+    )
+    cohort.add_argument(
+        "--concurrency", type=int, help="discoveries at once (default: all data sets)"
+    )
+    cohort.add_argument(
+        "--parallel",
+        type=int,
+        default=8,
+        help="most screening candidates one search trains at once (8; 1: one candidate per step)",
+    )
+    cohort.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        help="the bundled server's job executor "
+        "(default local; ray needs pip install 'leads[ray]')",
+    )
+    cohort.add_argument("--ray-address", help="Ray cluster for --executor ray (default: local)")
+    cohort.add_argument(
+        "--max-jobs", type=int, help="the bundled server's trainings at once (default: cores)"
+    )
+    cohort.add_argument(
+        "--no-compile", action="store_true", help="bundled server: no torch.compile (tiny sets)"
+    )
+    cohort.add_argument("--server-url", help="a running server (streamable HTTP) instead")
+    cohort.add_argument(
+        "--token", default=os.environ.get("LEADS_SERVER_TOKEN"), help="bearer token for the URL"
+    )
+    cohort.add_argument("--archive", help="archive file for the bundled server")
+    cohort.add_argument("--report", metavar="DIR", help="cohort folder (default above)")
+    cohort.add_argument("--quiet", action="store_true", help="no live table")
+    cohort.add_argument("--json", action="store_true", help="print the cohort JSON at the end")
+
+
+def run_cohort_command(args: argparse.Namespace, console: Console) -> int:
+    """Run ``leads-agent cohort``; 0 when every data set is done, 1 when some are not (run the
+    same command again to resume them)."""
+    from .cohort import CohortSettings, default_name, run_cohort, server_arguments
+    from .cohort_report import write_cohort_report
+    from .connection import server_command, server_log_path
+    from .home import leads_home
+
+    name = args.name or default_name(args.datasets)
+    folder = Path(args.report) if args.report else leads_home() / "cohorts" / name
+    settings = CohortSettings(
+        budget=args.budget,
+        epochs=args.epochs,
+        finetune=args.finetune,
+        seed=args.seed,
+        anonymise=args.anonymise,
+        parallel=args.parallel,
+        concurrency=args.concurrency,
+        local_server=not args.server_url,
+        archive=args.archive,
+    )
+
+    async def go() -> tuple[list[dict[str, Any]], float]:
+        server = None
+        with contextlib.ExitStack() as files:
+            if not args.server_url:
+                from mcp.client.stdio import stdio_client
+
+                params = server_command(args.archive, not args.no_compile)
+                params.args = [
+                    *params.args,
+                    *server_arguments(args.executor, args.ray_address, args.max_jobs),
+                ]
+                log = server_log_path()
+                log.parent.mkdir(parents=True, exist_ok=True)
+                errlog = files.enter_context(open(log, "a", encoding="utf-8"))  # noqa: SIM115
+                server = stdio_client(params, errlog=errlog)
+            async with connect(args.server_url, args.token, args.archive, server=server) as conn:
+                quiet = args.quiet or args.json
+                return await run_cohort(
+                    conn, args.datasets, settings, folder, None if quiet else console
+                )
+
+    started = time.perf_counter()
+    try:
+        entries, _ = asyncio.run(go())
+    except AgentError as exc:
+        console.print(f"[red]error:[/] {exc}; run the same command again to resume")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        console.print("interrupted; run the same command again to resume the cohort")
+        return 130
+    markdown, data = write_cohort_report(folder, entries, time.perf_counter() - started, name)
+    if args.json:
+        sys.stdout.write(data.read_text(encoding="utf-8"))
+    elif not args.quiet:
+        console.print(f"cohort report: {markdown}")
+    unfinished = [e["dataset"] for e in entries if e.get("status") != "done"]
+    if unfinished:
+        console.print(
+            f"{len(unfinished)} data set(s) not done ({', '.join(unfinished)}); see "
+            f"{markdown}; run the same command again to resume them"
+        )
+        return 1
+    return 0
 
 
 def make_policy(
@@ -288,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         args = build_parser().parse_args(["discover"])
     console = Console(stderr=True)
+    if args.command == "cohort":
+        return run_cohort_command(args, console)
     if getattr(args, "llm", "offline") != "offline":
         try:  # before any server or session is started
             _check_llm_config(args)

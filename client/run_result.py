@@ -30,6 +30,9 @@ class RunConfig:
     reactions: list[str] | None = None
     use_true_reaction: bool = False
     label: str = "discover"
+    #: most steps whose candidates train at once (the offline policy's reaction screening);
+    #: 1 trains one candidate per step as before
+    parallel: int = 8
 
 
 @dataclass

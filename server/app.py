@@ -337,16 +337,20 @@ def build_server(
     compile_training: bool = True,
     job_limits: JobLimits | None = None,
     name: str = "leads",
+    executor: Any = None,
 ) -> LeadsServer:
     """The LEADS MCP server over the archive at ``archive_path`` (default
     ``$LEADS_HOME/archive.duckdb``), opened now. ``start_method`` is how training workers start
     (``forkserver`` or ``spawn``); ``compile_training`` lets the trainer torch.compile the
     integrator step (seconds per worker, then faster epochs: worth it on full-size sets);
     ``job_limits`` sizes the wall-clock limit of training and evaluation jobs (default
-    :class:`JobLimits`). Call :meth:`LeadsServer.close` when done."""
+    :class:`JobLimits`); ``executor`` runs the jobs (default: local worker processes, see
+    :mod:`leads_server.executor`). Call :meth:`LeadsServer.close` when done."""
     from leads_engine import __version__
 
-    service = DiscoveryService.open(archive_path, start_method, compile_training, job_limits)
+    service = DiscoveryService.open(
+        archive_path, start_method, compile_training, job_limits, executor
+    )
     viewer = ViewerApp(service)
     server = LeadsServer(
         service,

@@ -49,7 +49,9 @@ class BackgroundTrainings:
         ids: list[str] = []
 
         def started(candidate_id: str) -> None:
+            # registered at once: progress (e.g. "queued") may come before start() resumes
             ids.append(candidate_id)
+            self.trainings[candidate_id] = Training(candidate_id, session.session_id)
             begun.set()
 
         async def report(value: float, total: float | None, message: str) -> None:
@@ -71,8 +73,8 @@ class BackgroundTrainings:
         if not ids:  # the candidate could not even be archived
             await task  # raises the cause
             raise DiscoveryError("the training could not start")
-        training = Training(ids[0], session.session_id, task)
-        self.trainings[ids[0]] = training
+        training = self.trainings[ids[0]]
+        training.task = task
         if task.done():
             training.done.set()
         return TrainingResult(

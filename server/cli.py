@@ -7,6 +7,7 @@ main module, and a light one keeps their start fast. The server is built inside 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -86,7 +87,97 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the least wall-clock limit of a job, in seconds; default 300 or "
         f"${TIMEOUT_FLOOR_ENV}",
     )
+    _executor_arguments(parser)
     return parser.parse_args(argv)
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _executor_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where training, fine-tuning and evaluation jobs run (:mod:`leads_server.executor`)."""
+    jobs = parser.add_argument_group("job executor")
+    jobs.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default=None,
+        help="where training jobs run: local worker processes (default) or Ray tasks on a "
+        "Ray cluster (pip install 'leads[ray]'); default $LEADS_EXECUTOR or local",
+    )
+    jobs.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster address (e.g. 10.0.0.5:6379 or auto; default $LEADS_RAY_ADDRESS; "
+        "none: start a local Ray instance)",
+    )
+    jobs.add_argument(
+        "--max-jobs",
+        type=_count,
+        default=None,
+        help="trainings and evaluations at once; more calls wait in line ('queued'). Default "
+        "$LEADS_MAX_JOBS, else one per core (local) or the cluster's CPUs per job (ray)",
+    )
+    jobs.add_argument(
+        "--ray-cpus-per-job", type=_positive, default=1.0, help="CPUs per Ray job (1)"
+    )
+    jobs.add_argument(
+        "--ray-gpus-per-job",
+        type=float,
+        default=0.0,
+        help="GPUs per Ray job (0; fractions share a GPU)",
+    )
+    jobs.add_argument(
+        "--ray-memory-gb",
+        type=_positive,
+        default=None,
+        help="memory reserved per Ray job in GiB (default: none reserved)",
+    )
+    jobs.add_argument(
+        "--ray-shared-path",
+        default=None,
+        help="a folder every Ray node mounts: data sets under it are read in place instead of "
+        "travelling through the object store",
+    )
+    jobs.add_argument(
+        "--ray-retries",
+        type=int,
+        default=0,
+        help="times Ray re-runs a job whose worker or node died (0: the candidate fails)",
+    )
+
+
+def build_executor(args: argparse.Namespace) -> Any:
+    """The executor the flags and environment ask for (:func:`~.executor.make_executor`)."""
+    from .executor import ExecutorSettings, make_executor
+
+    settings = ExecutorSettings.from_env(
+        kind=args.executor,
+        ray_address=args.ray_address,
+        max_jobs=args.max_jobs,
+        start_method=args.workers,
+    )
+    if settings.kind == "ray":
+        from .ray_executor import RayResources
+
+        resources = RayResources(
+            num_cpus=args.ray_cpus_per_job,
+            num_gpus=args.ray_gpus_per_job,
+            memory_gb=args.ray_memory_gb,
+        )
+        settings = dataclasses.replace(
+            settings,
+            resources=resources,
+            shared_path=args.ray_shared_path,
+            retries=args.ray_retries,
+        )
+    return make_executor(settings)
 
 
 async def _serve_stdio(server: Any) -> None:
@@ -205,11 +296,18 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     limits = JobLimits(factor=args.job_timeout_factor, floor_s=args.job_timeout_floor)
     try:
+        executor = build_executor(args)
+    except (RuntimeError, ValueError, ConnectionError) as exc:
+        print(f"leads-server: cannot start the job executor: {exc}", file=sys.stderr)
+        return 2
+    print(f"leads-server: jobs: {executor.describe()}", file=sys.stderr, flush=True)
+    try:
         server = build_server(
             args.archive,
             start_method=args.workers,
             compile_training=not args.no_compile,
             job_limits=limits,
+            executor=executor,
         )
     except ArchiveError as exc:
         from .busy import busy_message, busy_server, is_busy

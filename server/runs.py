@@ -24,8 +24,9 @@ from leads_engine.spec import CandidateSpec
 
 from .archive import INTERRUPTED_ERROR, Archive, ArchiveError
 from .errors import SANDBOX_MISSING, DiscoveryError
+from .executor import Executor
 from .inputs import EvaluateCandidate, FinetuneCandidate
-from .jobs import Job, JobKind, JobLimits, WorkerError, WorkerPool, sandbox_available
+from .jobs import Job, JobKind, JobLimits, WorkerError, sandbox_available
 from .models import EvaluationResult, TrainingResult
 from .reads import Reads
 from .state import DiscoverySession, ProgressCallback, Sessions
@@ -92,7 +93,7 @@ class Runs:
     def __init__(
         self,
         archive: Archive,
-        pool: WorkerPool,
+        pool: Executor,
         sessions: Sessions,
         reads: Reads,
         compile_training: bool = True,
@@ -231,6 +232,19 @@ class Runs:
             started(candidate_id)
 
         async def on_epoch(event: dict[str, Any]) -> None:
+            if event.get("phase") == "queued":  # every executor slot is busy: wait in line
+                if progress is not None:
+                    await progress(
+                        0.0,
+                        float(epochs),
+                        f"{candidate_id} queued: all {event['slots']} job slot(s) busy, "
+                        f"{event['ahead']} candidate(s) ahead; it starts when one frees",
+                    )
+                return
+            if event.get("phase") == "placed":  # a Ray task found its node
+                if progress is not None:
+                    await progress(0.0, float(epochs), f"{candidate_id} running on {event['node']}")
+                return
             if event.get("phase") == "batch":
                 if progress is not None:
                     await progress(

@@ -1,7 +1,7 @@
 """The LEADS action space over one archive: a thin facade that composes the concerns.
 
 :class:`DiscoveryService` owns the :class:`~leads_server.archive.Archive`, a
-:class:`~leads_server.jobs.WorkerPool` and the in-memory session store, and hands each tool to
+:class:`~leads_server.executor.Executor` and the in-memory session store, and hands each tool to
 the module that does it: session state (:mod:`.state`), the catalogs (:mod:`.catalog_view`), the
 draft operations (:mod:`.drafts`), the runs (:mod:`.runs`) and the archive reads (:mod:`.reads`).
 Each tool method takes the tool's input model (:mod:`.inputs`).
@@ -21,6 +21,7 @@ from . import catalog_view
 from .archive import Archive, default_archive_path
 from .drafts import Drafts
 from .errors import DiscoveryError
+from .executor import Executor, LocalExecutor
 from .inputs import (
     EvaluateCandidate,
     FinetuneCandidate,
@@ -36,7 +37,7 @@ from .inputs import (
     StartSession,
     TrainCandidate,
 )
-from .jobs import JobLimits, WorkerPool
+from .jobs import JobLimits
 from .models import (
     CandidateRecord,
     CatalogsResult,
@@ -61,12 +62,12 @@ class DiscoveryService:
     def __init__(
         self,
         archive: Archive,
-        pool: WorkerPool | None = None,
+        pool: Executor | None = None,
         compile_training: bool = True,
         job_limits: JobLimits | None = None,
     ) -> None:
         self.archive = archive
-        self.pool = pool or WorkerPool()
+        self.pool = pool or LocalExecutor()
         self.store = SessionStore()
         self.sessions = Sessions(archive, self.store)
         self.reads = Reads(archive, self.sessions)
@@ -82,13 +83,16 @@ class DiscoveryService:
         start_method: str = "forkserver",
         compile_training: bool = True,
         job_limits: JobLimits | None = None,
+        executor: Executor | None = None,
     ) -> DiscoveryService:
         """Open (or create) the archive; default ``$LEADS_HOME/archive.duckdb``.
         ``compile_training`` lets the trainer torch.compile the integrator step (catalog code
         only): seconds of compilation per worker process, then ~5x faster steps.
-        ``job_limits`` sizes the wall-clock limit of every training and evaluation job."""
+        ``job_limits`` sizes the wall-clock limit of every training and evaluation job;
+        ``executor`` runs the jobs (default: local worker processes, one slot per core)."""
         archive = Archive.open(archive_path or default_archive_path())
-        return cls(archive, WorkerPool(start_method), compile_training, job_limits)
+        pool = executor or LocalExecutor(start_method)
+        return cls(archive, pool, compile_training, job_limits)
 
     def stop(self) -> int:
         """The server is stopping: kill the running workers; their candidates end ``failed``
