@@ -70,6 +70,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _at_least_one(text: str) -> int:
+    """An integer option that must be 1 or more."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``leads-agent`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -106,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     discover.add_argument(
         "--max-steps", type=int, help="stop after this many new steps (the session stays resumable)"
     )
+    discover.add_argument(
+        "--parallel",
+        type=_at_least_one,
+        default=8,
+        help="most screening candidates the offline policy trains at once, as the server's job "
+        "slots allow (8; 1: one candidate at a time)",
+    )
     baseline = sub.add_parser("baseline", help="a paper baseline through the same tools")
     baseline.add_argument("--method", choices=BASELINES, required=True)
     _common(baseline)
@@ -141,7 +156,7 @@ def _cohort_parser(sub: Any) -> None:
     )
     cohort.add_argument(
         "--parallel",
-        type=int,
+        type=_at_least_one,
         default=8,
         help="most screening candidates one search trains at once (8; 1: one candidate per step)",
     )
@@ -350,6 +365,7 @@ async def _run(args: argparse.Namespace, console: Console) -> tuple[RunResult, s
                 anonymise=args.anonymise,
                 resume=args.resume,
                 max_steps=args.max_steps,
+                parallel=args.parallel,
             )
             policy = _policy(args, conn)
         try:

@@ -213,3 +213,14 @@ def test_a_cohort_resumes_after_its_server_is_killed(
     assert {s: sum(1 for r in rows if r[0] == s) for s in sessions.values()} == before
     folder = home / "cohorts" / COHORT
     assert (folder / "cohort.md").exists() and (folder / "sessions" / "p2" / "report.md").exists()
+
+
+def test_discover_takes_a_parallel_screening_width_of_at_least_one(capsys) -> None:
+    from leads_agent.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["discover", "--parallel", "1"]).parallel == 1
+    assert parser.parse_args(["discover"]).parallel == 8
+    with pytest.raises(SystemExit):
+        parser.parse_args(["discover", "--parallel", "0"])
+    assert "must be at least 1" in capsys.readouterr().err
