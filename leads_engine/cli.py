@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--allow-partial",
         action="store_true",
-        help=f"keep a set whose wave dies out before activating {MIN_ACTIVATED_FRACTION:.0%} of "
+        # argparse %-formats help: the percent sign is doubled
+        help=f"keep a set whose wave dies out before activating {MIN_ACTIVATED_FRACTION:.0%}% of "
         "the nodes (refused otherwise)",
     )
     gen.add_argument(

@@ -147,3 +147,12 @@ def test_generated_file_is_plain_numpy(generated):
     with np.load(generated, allow_pickle=False) as archive:
         assert archive["u"].shape[0] == 4
         assert json.loads(str(archive["meta"]))["name"] == "ap"
+
+
+@pytest.mark.parametrize("command", ["generate", "list", "show"])
+def test_every_subcommand_prints_its_help(command, capsys):
+    """argparse %-formats help texts: a bare percent sign in one breaks --help."""
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert "usage" in capsys.readouterr().out
