@@ -92,3 +92,83 @@ async def test_no_batch_without_wait_candidate_or_for_other_policies() -> None:
     llm = SimpleNamespace(name="llm", refused=set())
     assert await propose_batch(run_with(llm, "wait_candidate"), state(), 8) == []
     assert await propose_batch(run_with(OfflinePolicy(), "wait_candidate"), state(), 1) == []
+
+
+class BatchRun:
+    """Enough of a :class:`~leads_agent.agent.SearchRun` to run one batch: set-up calls are
+    remembered, trainings answer at once, and the server may refuse one reaction's set-up."""
+
+    def __init__(self, refuse: str | None = None) -> None:
+        from leads_agent.agent import SearchRun
+
+        self.policy = OfflinePolicy()
+        self.config = SimpleNamespace(epochs=1)
+        self.session_id = "s-1"
+        self.aliases: dict[str, str] = {}
+        self.refuse = refuse
+        self.started: list[str] = []  # reactions, in the order their trainings started
+        self.recorded: list[Any] = []
+        self.selected = ""
+        self.conn = self
+        self.describe_training = SearchRun.describe_training
+        self.view = SimpleNamespace(
+            candidates=lambda *_: None,
+            thought=lambda *_: None,
+            training=lambda *_: None,
+            message=lambda *_: None,
+            progress=self._nothing,
+        )
+
+    @staticmethod
+    async def _nothing(*_: Any) -> None:
+        return None
+
+    def has_tool(self, name: str) -> bool:
+        return name == "wait_candidate"
+
+    async def read_candidates(self) -> list[Candidate]:
+        return []
+
+    def base_state(self, number: int, candidates: list[Candidate]) -> SearchState:
+        return state()
+
+    async def execute(self, calls: list[Any]) -> str | None:
+        self.selected = calls[0].arguments["reaction"]
+        return "refused: duplicate" if self.selected == self.refuse else None
+
+    async def call(self, name: str, arguments: dict[str, Any] | None = None) -> Any:
+        from leads_agent.connection import ToolResult
+
+        if name == "train_candidate":
+            self.started.append(self.selected)
+            return ToolResult(ok=True, data={"candidate_id": f"c-{self.selected}"})
+        reaction = str((arguments or {})["candidate_id"])[2:]
+        result = {"candidate_id": f"c-{reaction}", "reaction": reaction, "status": "ok"}
+        return ToolResult(ok=True, data={"done": True, "fraction": 1.0, "result": result})
+
+    async def record(self, record: Any) -> None:
+        self.recorded.append(record)
+
+
+async def test_the_longest_training_starts_first_and_steps_keep_the_decisions_order() -> None:
+    from leads_agent.batch import run_batch
+
+    run = BatchRun()
+    assert await run_batch(run, 1, 8) == len(REACTIONS)  # type: ignore[arg-type]
+    assert run.started == ["neural", *REACTIONS[:-1]]  # the neural reaction first
+    assert [r.step for r in run.recorded] == list(range(1, len(REACTIONS) + 1))
+    assert [r.candidate_id for r in run.recorded] == [f"c-{r}" for r in REACTIONS]
+
+
+async def test_a_refused_start_keeps_every_started_candidate_as_a_step() -> None:
+    from leads_agent.batch import run_batch
+
+    run = BatchRun(refuse="reaction_C")
+    taken = await run_batch(run, 4, 8)  # type: ignore[arg-type]
+    # neural, A and B started before C was refused; all three are steps, in decision order
+    assert run.started == ["neural", "reaction_A", "reaction_B"] and taken == 3
+    assert [(r.step, r.candidate_id) for r in run.recorded] == [
+        (4, "c-reaction_A"),
+        (5, "c-reaction_B"),
+        (6, "c-neural"),
+    ]
