@@ -11,7 +11,14 @@ from __future__ import annotations
 import hashlib
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from .diffusion import resolve_hyperparameters, template_info
 from .reactions import NeuralReaction, resolve_reaction_name
@@ -147,6 +154,15 @@ class CandidateSpec(BaseModel):
                 data["diffusion_hyperparameters"] = resolve_diffusion(diffusion, diffusion_hp)
             else:
                 template_info(diffusion)
+        return data
+
+    @model_serializer(mode="wrap")
+    def _leave_out_no_residual(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """A spec without a residual dumps exactly as before the field existed (archived specs
+        and their hashes stay unchanged)."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("reaction_residual", 0) is None:
+            del data["reaction_residual"]
         return data
 
     def code_hash(self) -> str | None:
