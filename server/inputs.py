@@ -54,6 +54,16 @@ ReactionHyperparameters = Annotated[
     dict[str, int],
     Field(description="only for reaction='neural': hidden (4-256), layers (1-4), n_recovery (1-3)"),
 ]
+ReactionResidual = Annotated[
+    dict[str, int | float],
+    Field(
+        description="a neural residual added to a catalog reaction (hybrid reaction "
+        "R + r_phi, r_phi an MLP kept small by a norm penalty in the loss): hidden (4-128, "
+        "default 16), layers (1-3, default 2), penalty (0-10, default 0.01); {} takes the "
+        "defaults. Not for 'neural'. The trained candidate reports the residual's share of "
+        "the reaction rate"
+    ),
+]
 DiffusionSource = Annotated[
     str,
     Field(
@@ -136,6 +146,7 @@ class SelectReaction(ToolInput):
     session_id: SessionId
     reaction: ReactionName
     hyperparameters: ReactionHyperparameters | None = None
+    residual: ReactionResidual | None = None
 
 
 class SelectDiffusion(ToolInput):
