@@ -71,7 +71,7 @@ better. Do not repeat a structure already in the archive: training a duplicate i
 Beyond the catalog: real tissue need not follow any catalog model. When the best structure
 plateaus well above the noise (its diagnosis explains clearly less than about 97% of the
 variance), the catalog may lack the right model. Then try a hybrid reaction:
-select_reaction(reaction, residual={"hidden": 16, "layers": 2, "penalty": 0.01}) adds a small
+select_reaction(reaction, residual={"hidden": 16, "layers": 2, "penalty": 0.1}) adds a small
 neural residual r_phi(u, w) to the reaction's right-hand side, kept as small as the data allows
 by the norm penalty; the result reports the residual's share of the reaction rate (near 0: the
 catalog model suffices; large: the model is being replaced, so check it generalises). If the

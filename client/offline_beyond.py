@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 #: below this explained variance the best catalog structure counts as a plateau above the noise
 PLATEAU_EXPLAINED = 0.97
 #: the residual the policy tries (the server's defaults, stated so the archive shows them)
-DEFAULT_RESIDUAL: dict[str, Any] = {"hidden": 16, "layers": 2, "penalty": 0.01}
+DEFAULT_RESIDUAL: dict[str, Any] = {"hidden": 16, "layers": 2, "penalty": 0.1}
 ANISOTROPIC = "laplacian_anisotropic"
 PHYSICAL_BASES = ("laplacian_nodewise", "laplacian_global")
 

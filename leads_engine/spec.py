@@ -82,7 +82,7 @@ class ResidualSpec(BaseModel):
     hidden: int = Field(default=16, ge=4, le=128, description="hidden units per layer")
     layers: int = Field(default=2, ge=1, le=3, description="hidden layers")
     penalty: float = Field(
-        default=1e-2, ge=0.0, le=10.0, description="weight of the residual's norm penalty"
+        default=0.1, ge=0.0, le=10.0, description="weight of the residual's norm penalty"
     )
 
 

@@ -56,6 +56,9 @@ class TrainingConfig:
     batch_size: int | None = None
     learning_rate: float = 1e-2
     physical_learning_rate: float = 2e-2
+    #: Adam step of a hybrid reaction's residual network (``reaction.mlp``): smaller than the
+    #: other networks' so the residual grows only where the data keeps asking for it
+    residual_learning_rate: float = 3e-3
     #: Adam step of the diffusion's ``raw_`` conductivity parameters; ``None``: the
     #: template's catalog value (0.03 for the physical templates, 0.1 for the neural ones)
     conductivity_learning_rate: float | None = None
@@ -211,13 +214,16 @@ def _optimizer(model: HybridModel, config: TrainingConfig) -> torch.optim.Optimi
 
     Bounded physical values are stored as ``raw_<name>`` (reaction parameters, conductivity
     levels and maps): the reaction's get ``physical_learning_rate``, the diffusion's
-    ``conductivity_learning_rate``, everything else (network weights) ``learning_rate``.
+    ``conductivity_learning_rate``, a hybrid reaction's residual ``residual_learning_rate``,
+    everything else (network weights) ``learning_rate``.
     """
     groups: dict[float, list[torch.nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        if not name.rsplit(".", 1)[-1].startswith("raw_"):
+        if name.startswith("reaction.mlp.") and isinstance(model.reaction, ResidualReaction):
+            rate = config.residual_learning_rate
+        elif not name.rsplit(".", 1)[-1].startswith("raw_"):
             rate = config.learning_rate
         elif name.startswith("diffusion."):
             rate = config.conductivity_learning_rate

@@ -46,7 +46,7 @@ under-fitting, simplify when over-fitting, soften an unstable operator; never re
 structure already in the archive. When a tool returns an error, read it and correct the call. \
 When the best structure plateaus well above the noise (its diagnosis explains clearly less than \
 about 97% of the variance), the catalog may lack the right model: try a hybrid reaction, \
-select_reaction(session_id, reaction, residual={{"hidden": 16, "layers": 2, "penalty": 0.01}}) \
+select_reaction(session_id, reaction, residual={{"hidden": 16, "layers": 2, "penalty": 0.1}}) \
 (a small neural residual on the reaction's right-hand side, kept small by a norm penalty; the \
 result reports its share of the reaction rate), and an anisotropic diffusion template when the \
 catalog has one.

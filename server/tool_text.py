@@ -83,10 +83,13 @@ def residual_share(residual: dict[str, Any] | None) -> str:
     share = residual.get("share")
     if share is None:
         return f"neural residual ({options})"
-    return (
-        f"neural residual ({options}) carries {share:.1%} of the reaction rate "
-        f"({residual.get('share_u', 0.0):.1%} of du/dt) on the validation rollout"
+    text = (
+        f"neural residual ({options}): RMS {share:.1%} of the reaction rate's "
+        f"({residual.get('share_u', 0.0):.1%} in du/dt) on the validation rollout"
     )
+    if share > 1.0:
+        text += "; it outweighs the rate, so it cancels much of the catalog model"
+    return text
 
 
 def draft(view: DraftView) -> str:

@@ -140,7 +140,7 @@ def test_spec_validates_and_identifies_the_residual():
     spec = CandidateSpec(
         reaction="ap", diffusion="laplacian_global", reaction_residual={"hidden": 8}
     )
-    assert spec.reaction_residual == ResidualSpec(hidden=8, layers=2, penalty=1e-2)
+    assert spec.reaction_residual == ResidualSpec(hidden=8, layers=2, penalty=0.1)
     again = CandidateSpec.model_validate_json(spec.model_dump_json())
     assert again == spec
     plain = CandidateSpec(reaction="ap", diffusion="laplacian_global")
@@ -187,7 +187,7 @@ def test_a_residual_fit_reports_its_share_and_reloads(tiny):
     result = fit(spec, tiny, config)
     assert result.status == "ok"
     residual = result.summary()["residual"]
-    assert residual["hidden"] == 8 and residual["penalty"] == 1e-2 and residual["split"] == "val"
+    assert residual["hidden"] == 8 and residual["penalty"] == 0.1 and residual["split"] == "val"
     assert 0.0 < residual["share"] < 0.5  # AP data: the catalog model does the work
     assert any(key.startswith("reaction.mlp.") for key in result.state_dict)
     # the stored weights rebuild the same model: evaluation twice gives the same numbers
@@ -200,7 +200,7 @@ def test_a_residual_fit_reports_its_share_and_reloads(tiny):
 
 
 def test_a_larger_penalty_keeps_the_residual_smaller(tiny):
-    config = TrainingConfig(epochs=2, compile=False, batch_size=3, learning_rate=3e-2)
+    config = TrainingConfig(epochs=2, compile=False, batch_size=3, residual_learning_rate=3e-2)
     shares = []
     for penalty in (0.0, 10.0):
         spec = CandidateSpec(

@@ -119,9 +119,9 @@ async def test_residual_options_are_refused_with_a_clear_message(client: Client)
         client, "select_reaction", session_id=session_id, reaction="neural", residual={}
     )
     assert "already a network" in text
-    # the defaults: {} is a residual of 16 hidden units, 2 layers, penalty 0.01
+    # the defaults: {} is a residual of 16 hidden units, 2 layers, penalty 0.1
     draft = await call(client, "select_reaction", session_id=session_id, reaction="ms", residual={})
-    assert draft["draft"]["reaction_residual"] == {"hidden": 16, "layers": 2, "penalty": 0.01}
+    assert draft["draft"]["reaction_residual"] == {"hidden": 16, "layers": 2, "penalty": 0.1}
 
 
 async def test_an_anonymised_session_takes_a_residual_on_an_alias(client: Client) -> None:

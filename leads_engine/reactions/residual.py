@@ -107,8 +107,8 @@ def residual_share(reaction: ResidualReaction, visited: Sequence[VisitedState]) 
 
     ``share = sqrt(sum ||r_phi||^2 / sum ||R_theta + r_phi||^2)`` over every visited state and
     state component, and ``share_u`` the same on the ``u`` component only (what drives the TMP);
-    ``rms`` is the residual's root mean square (native time). 0: pure physics; near 1: the
-    network does the work."""
+    ``rms`` is the residual's root mean square (native time). 0: pure physics; near or above 1:
+    the network does the work (above 1 it cancels part of the catalog model's rate)."""
     with torch.no_grad():
         p = reaction.physical_parameters()
         residual_sq = total_sq = residual_u = total_u = 0.0
