@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .edits import EDITS, EditError, apply_edit
-from .offline_beyond import beyond_plan
+from .offline_beyond import beyond_plan, is_refused_anisotropy
 from .policy import ToolEnv, Usage
 from .state import NOT_TRAINED, Candidate, Decision, SearchState, ToolCall
 
@@ -276,6 +276,8 @@ class _Planner:
     def instability_plan(self, reaction: str) -> Plan | None:
         last = self.last()
         if last is None or last.status not in ("unstable", "failed"):
+            return None
+        if is_refused_anisotropy(last):  # a set without fibres: nothing to soften
             return None
         edits = c_edits(last)
         why = f"The last candidate ({last.reaction} + {last.diffusion}) was {last.status}"

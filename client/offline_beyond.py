@@ -11,6 +11,11 @@ once the reaction screening and the diffusion agenda are done, the policy tries,
    across fibres) with the best reaction, when the catalog has it;
 3. the anisotropic template with the residual, when the residual beat the plain reaction.
 
+The anisotropic template needs the data set's fibre field; on a set without one its training
+fails with the template's message, and the policy then drops it (:func:`anisotropy_available`)
+instead of simplifying it like an unstable candidate. That costs one step of the budget on an
+isotropic set that plateaus; the policy does not see the data set's summary.
+
 The order follows the diagnosis when it names the part the error points to ("may lack ... the
 diffusion"): anisotropy first then. On sets the catalog explains (the AP/RM/MS benchmarks reach
 more than 99%), none of this fires and the search is unchanged.
@@ -82,7 +87,7 @@ def beyond_plan(state: SearchState, reaction: str, plan_type: type[Plan]) -> lis
         residual=dict(DEFAULT_RESIDUAL),
     )
     plans = [residual_plan]
-    if ANISOTROPIC in state.templates and not state.fixed_diffusion:
+    if anisotropy_available(state):
         plans.append(
             plan_type(
                 reaction,
@@ -113,6 +118,20 @@ def beyond_plan(state: SearchState, reaction: str, plan_type: type[Plan]) -> lis
         if _LACKS_DIFFUSION.search(best.diagnosis or ""):
             plans.insert(0, plans.pop(1))  # the error points to the diffusion: anisotropy first
     return plans
+
+
+def anisotropy_available(state: SearchState) -> bool:
+    """Whether the anisotropic template may be tried: the catalog has it, the diffusion is not
+    fixed, and no earlier try of it *failed* (the template refuses a data set without a fibre
+    field: one failed try tells the policy the set has none)."""
+    if ANISOTROPIC not in state.templates or state.fixed_diffusion:
+        return False
+    return not any(c.diffusion == ANISOTROPIC and c.status == "failed" for c in state.trained())
+
+
+def is_refused_anisotropy(candidate: Candidate) -> bool:
+    """A failed anisotropic candidate: a set without fibres, not an instability to soften."""
+    return candidate.diffusion == ANISOTROPIC and candidate.status == "failed"
 
 
 def _physical_base(state: SearchState, trained: list[Candidate]) -> Candidate | None:

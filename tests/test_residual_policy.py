@@ -127,3 +127,16 @@ def test_the_archive_row_carries_the_residual():
     assert "neural residual" in candidate.summary()
     spec.pop("reaction_residual")
     assert Candidate.from_row({**row, "spec": json.dumps(spec)}).residual is None
+
+
+def test_a_failed_anisotropic_try_is_dropped_not_simplified():
+    """The template fails on a set without fibres: the policy moves on (no simplify, no retry)."""
+    search = state(explored(0.85))
+    search.templates.append("laplacian_anisotropic")
+    hybrid = cand(13, "reaction_B", "laplacian_nodewise", 0.002, verdict="good_fit")
+    hybrid.residual = dict(DEFAULT_RESIDUAL)
+    failed = cand(14, "reaction_B", "laplacian_anisotropic", None, status="failed")
+    search.candidates += [_explaining(hybrid, 0.99), failed]
+    plan = plan_step(search)
+    assert plan is not None and plan.template != "laplacian_anisotropic"
+    assert plan.operation != "simplify"
