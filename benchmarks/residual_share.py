@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 
 import torch
 
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=16)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--penalty", type=float, default=0.1)
+    parser.add_argument("--residual-lr", type=float, default=None, help="default: the config's")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--hybrid-only", action="store_true", help="skip the plain fit (its numbers are known)"
@@ -50,6 +52,8 @@ def main() -> None:
     dataset = load_dataset(path)
     reaction = args.reaction or args.dataset
     config = TrainingConfig(epochs=args.epochs)
+    if args.residual_lr is not None:
+        config = replace(config, residual_learning_rate=args.residual_lr)
     residual = {"hidden": args.hidden, "layers": args.layers, "penalty": args.penalty}
     rows = []
     for hybrid in (True,) if args.hybrid_only else (False, True):
