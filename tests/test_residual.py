@@ -15,7 +15,7 @@ from leads_engine.heart_mesh import make_lv_mesh
 from leads_engine.hybrid import HybridModel
 from leads_engine.integrator import FluxEulerSegment, SegmentPlan, reaction_transition
 from leads_engine.reactions import ResidualReaction, build_reaction
-from leads_engine.reactions.residual import residual_penalty, residual_share
+from leads_engine.reactions.residual import RATE_SCALE, residual_penalty, residual_share
 from leads_engine.spec import CandidateSpec, ResidualSpec
 from leads_engine.training import TrainingConfig, evaluate, fit
 
@@ -174,7 +174,7 @@ def test_penalty_and_share_on_visited_states(tiny):
     share = residual_share(model.reaction, visited)
     assert 0.0 < share["share"] < 1.0 and share["rms"] > 0
     penalty = residual_penalty(model.reaction, visited)
-    assert float(penalty) == pytest.approx(share["rms"] ** 2, rel=1e-4)
+    assert float(penalty) == pytest.approx((share["rms"] / RATE_SCALE) ** 2, rel=1e-4)
     penalty.backward()
     assert model.reaction.mlp[-1].weight.grad.abs().sum() > 0
 
