@@ -67,6 +67,16 @@ the reaction with the lowest validation loss, then explore diffusion structures 
 conductivity laplacian_nodewise, a graph network); refine (more capacity) when under-fitting,
 simplify or regularise when over-fitting, soften an unstable operator. Lower validation loss is
 better. Do not repeat a structure already in the archive: training a duplicate is refused.
+
+Beyond the catalog: real tissue need not follow any catalog model. When the best structure
+plateaus well above the noise (its diagnosis explains clearly less than about 97% of the
+variance), the catalog may lack the right model. Then try a hybrid reaction:
+select_reaction(reaction, residual={"hidden": 16, "layers": 2, "penalty": 0.1}) adds a small
+neural residual r_phi(u, w) to the reaction's right-hand side, kept as small as the data allows
+by the norm penalty; the result reports the residual's share of the reaction rate (near 0: the
+catalog model suffices; large: the model is being replaced, so check it generalises). If the
+catalog lists laplacian_anisotropic, it fits conduction along and across fibres. On data a
+catalog model explains, these add parameters without gain.
 The session_id is filled in for you.
 """
 

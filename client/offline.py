@@ -24,6 +24,9 @@ Decision rules, in order (each step sets up exactly one candidate):
      operator that cannot grow moves to the next untried neural template;
    * *good fit*: try the untried code edits (``gated_residual``, ``layer_norm``), then the
      remaining neural templates, then a small refinement.
+   Before acting on the diagnosis, when the best catalog structure explains less than 97% of
+   the variance (a plateau well above the noise), the steps of :mod:`.offline_beyond`: a neural
+   residual on the best reaction, the anisotropic template when the catalog has it.
 6. Never repeat a structure already in the archive (same reaction, template,
    hyper-parameters and edits): fall through to the next rule instead.
 
@@ -38,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .edits import EDITS, EditError, apply_edit
+from .offline_beyond import beyond_plan, is_refused_anisotropy
 from .policy import ToolEnv, Usage
 from .state import NOT_TRAINED, Candidate, Decision, SearchState, ToolCall
 
@@ -76,23 +80,51 @@ class Plan:
     thought: str
     parent: Candidate | None = None
     edit: str | None = None
+    #: a neural residual on the reaction (select_reaction's ``residual``)
+    residual: dict[str, Any] | None = None
+
+    def reaction_residual(self) -> dict[str, Any] | None:
+        """The residual the candidate will have: this plan's, else a derived candidate keeps its
+        parent's (select_reaction is called again for every step)."""
+        if self.residual is not None or self.operation == "select" or self.parent is None:
+            return self.residual
+        return self.parent.residual
 
     def key(self, edits: list[str]) -> str:
         """Structure identity used to avoid repeats."""
-        return _key(self.reaction, self.template, self.hyperparameters, edits)
+        return _key(
+            self.reaction, self.template, self.hyperparameters, edits, self.reaction_residual()
+        )
 
     def identity(self) -> str:
         """The action itself (operation, parent, edit included): a refused one is not retried."""
         parent = self.parent.candidate_id if self.parent else None
         return json.dumps(
-            [self.reaction, self.operation, self.template, self.hyperparameters, parent, self.edit],
+            [
+                self.reaction,
+                self.operation,
+                self.template,
+                self.hyperparameters,
+                parent,
+                self.edit,
+                *([self.residual] if self.residual else []),
+            ],
             sort_keys=True,
             default=str,
         )
 
 
-def _key(reaction: str, template: str, hyper: dict[str, Any], edits: list[str]) -> str:
-    return json.dumps([reaction, template, hyper, sorted(edits)], sort_keys=True, default=str)
+def _key(
+    reaction: str,
+    template: str,
+    hyper: dict[str, Any],
+    edits: list[str],
+    residual: dict[str, Any] | None = None,
+) -> str:
+    extra = [residual] if residual else []
+    return json.dumps(
+        [reaction, template, hyper, sorted(edits), *extra], sort_keys=True, default=str
+    )
 
 
 def _is_neural(state: SearchState, template: str) -> bool:
@@ -171,7 +203,8 @@ class _Planner:
         # refused code edits are in the archive too: do not propose them again
         archived = self.trained + [c for c in state.candidates if c.status == "refused"]
         self.seen = {
-            _key(c.reaction, c.diffusion, dict(c.hyperparameters), c_edits(c)) for c in archived
+            _key(c.reaction, c.diffusion, dict(c.hyperparameters), c_edits(c), c.residual)
+            for c in archived
         }
         self.refused = refused
 
@@ -191,6 +224,7 @@ class _Planner:
             if c.diffusion == diffusion
             and c.operation == "select"
             and not c.edited
+            and not c.residual
             and c.reaction in self.state.reactions
         ]
 
@@ -242,6 +276,8 @@ class _Planner:
     def instability_plan(self, reaction: str) -> Plan | None:
         last = self.last()
         if last is None or last.status not in ("unstable", "failed"):
+            return None
+        if is_refused_anisotropy(last):  # a set without fibres: nothing to soften
             return None
         edits = c_edits(last)
         why = f"The last candidate ({last.reaction} + {last.diffusion}) was {last.status}"
@@ -391,6 +427,10 @@ class _Planner:
                 return plan
         return None
 
+    def beyond_catalog_plan(self, reaction: str) -> Plan | None:
+        """The first new step of :func:`~.offline_beyond.beyond_plan` (a plateau only)."""
+        return next((p for p in beyond_plan(self.state, reaction, Plan) if self.new(p, [])), None)
+
     def _edit(self, parent: Candidate, edit: str, thought: str) -> Plan:
         return Plan(
             parent.reaction,
@@ -456,7 +496,14 @@ class _Planner:
         if screening:
             return screening
         reaction, _ = self.best_reaction()
-        for rule in (self.instability_plan, self.agenda_plan, self.diagnosis_plan, self.fallback):
+        rules = (
+            self.instability_plan,
+            self.agenda_plan,
+            self.beyond_catalog_plan,
+            self.diagnosis_plan,
+            self.fallback,
+        )
+        for rule in rules:
             plan = rule(reaction)
             if plan is not None:
                 return plan
@@ -506,9 +553,11 @@ class OfflinePolicy:
             return Decision(
                 "Nothing new is left to try within the rules; stop the search.", stop=True
             )
-        calls = [
-            ToolCall("select_reaction", {"session_id": state.session_id, "reaction": plan.reaction})
-        ]
+        reaction_args: dict[str, Any] = {"session_id": state.session_id, "reaction": plan.reaction}
+        residual = plan.reaction_residual()
+        if residual is not None:
+            reaction_args["residual"] = residual
+        calls = [ToolCall("select_reaction", reaction_args)]
         args: dict[str, Any] = {"session_id": state.session_id}
         if plan.operation == "select":
             args |= {"template": plan.template, "hyperparameters": plan.hyperparameters}

@@ -85,6 +85,8 @@ class Candidate:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     edited: bool = False
     code: str | None = None
+    #: a hybrid reaction's residual options (hidden, layers, penalty); None: the model alone
+    residual: dict[str, Any] | None = None
     train_curve: list[float] = field(default_factory=list)
     val_curve: list[float] = field(default_factory=list)
     step: int | None = None
@@ -125,6 +127,7 @@ class Candidate:
             hyperparameters=dict(spec.get("diffusion_hyperparameters") or {}),
             edited=bool(row.get("code") or spec.get("diffusion_source")),
             code=row.get("code") or spec.get("diffusion_source"),
+            residual=spec.get("reaction_residual") or None,
         )
 
     def gap(self) -> float | None:
@@ -147,6 +150,8 @@ class Candidate:
         loss = f"{self.val_loss:.4g}" if self.val_loss is not None else "-"
         hyper = json.dumps(self.hyperparameters, sort_keys=True) if self.hyperparameters else "{}"
         edited = " (edited code)" if self.edited else ""
+        if self.residual:
+            edited += f" (reaction + neural residual {json.dumps(self.residual, sort_keys=True)})"
         curve = ", ".join(f"{v:.3g}" for v in self.val_curve)
         return (
             f"{self.candidate_id}: {self.operation} {self.reaction} + {self.diffusion}{edited} "

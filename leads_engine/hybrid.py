@@ -39,7 +39,8 @@ from torch.utils.checkpoint import checkpoint
 from .diffusion import build_diffusion, template_info
 from .graph import MeshGraph
 from .integrator import FluxOperatorLayout, SegmentPlan, integrate_segment
-from .reactions import ReactionModel, build_reaction
+from .reactions import ReactionModel, ResidualReaction, build_reaction
+from .reactions.residual import VisitedState
 from .simulator import SimulationDiverged
 from .spec import CandidateSpec
 
@@ -80,6 +81,10 @@ class HybridModel(nn.Module):
             **spec.reaction_parameters,
             **spec.reaction_hyperparameters,
         )
+        if spec.reaction_residual is not None:
+            reaction = ResidualReaction(
+                reaction, spec.reaction_residual.hidden, spec.reaction_residual.layers
+            )
         diffusion = build_diffusion(
             spec.diffusion, num_nodes, spec.diffusion_hyperparameters, spec.diffusion_source
         )
@@ -169,6 +174,7 @@ class HybridModel(nn.Module):
         checkpoint_frames: int | None = 10,
         max_abs: float = 10.0,
         reaction_substeps: int | None = None,
+        visited: list[VisitedState] | None = None,
     ) -> torch.Tensor:
         """Predict ``u`` at ``n_frames`` frames after the initial one: ``[B, n_frames, N]``.
 
@@ -176,6 +182,10 @@ class HybridModel(nn.Module):
         at rest. Raises :class:`SimulationDiverged` (step counted from the start) when the
         state turns non-finite or exceeds ``max_abs``. ``reaction_substeps`` defaults to what
         the reaction model needs at this step (:meth:`ReactionModel.reaction_substeps`).
+        ``visited``, when given, receives the (detached) state ``(u [B*N, 1], w [r, B*N, 1])``
+        at the end of every chunk of ``checkpoint_frames`` frames: a sample of the states the
+        rollout visits, where a hybrid reaction's residual is penalised and measured (the
+        fused integrator keeps no other states).
         """
         batch, nodes = u0.shape
         u = u0.reshape(batch * nodes, 1)
@@ -219,6 +229,8 @@ class HybridModel(nn.Module):
                 )
             outputs.append(frames)
             done += count
+            if visited is not None:
+                visited.append((u.detach(), w.detach()))
         u_frames = torch.cat(outputs)  # [n_frames, B*N, 1]
         return u_frames.reshape(n_frames, batch, nodes).transpose(0, 1)
 

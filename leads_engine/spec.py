@@ -11,10 +11,18 @@ from __future__ import annotations
 import hashlib
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from .diffusion import resolve_hyperparameters, template_info
 from .reactions import NeuralReaction, resolve_reaction_name
+from .reactions.residual import ResidualReaction
 
 # ---------------------------------------------------------------------------- validity
 # The rules a spec obeys, checked once when it is built (CandidateSpec's validator); the server
@@ -64,6 +72,20 @@ def resolve_diffusion(template: str, hyperparameters: dict[str, object] | None =
     return resolve_hyperparameters(template, dict(hyperparameters or {}))
 
 
+class ResidualSpec(BaseModel):
+    """The neural residual added to a catalog reaction (a hybrid reaction,
+    :class:`~leads_engine.reactions.residual.ResidualReaction`): the MLP's width and depth and
+    the weight of the norm penalty ``penalty * mean ||r_phi||^2`` added to the loss."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hidden: int = Field(default=16, ge=4, le=128, description="hidden units per layer")
+    layers: int = Field(default=2, ge=1, le=3, description="hidden layers")
+    penalty: float = Field(
+        default=0.1, ge=0.0, le=10.0, description="weight of the residual's norm penalty"
+    )
+
+
 Operation = Literal["select", "refine", "modify", "simplify", "baseline", "finetune"]
 #: Every way a candidate can come about (the archive's ``candidates.operation`` values).
 OPERATIONS: tuple[str, ...] = get_args(Operation)
@@ -87,6 +109,11 @@ class CandidateSpec(BaseModel):
     )
     reaction_hyperparameters: dict[str, int] = Field(
         default_factory=dict, description="for 'neural': hidden, layers, n_recovery"
+    )
+    reaction_residual: ResidualSpec | None = Field(
+        default=None,
+        description="a neural residual added to the catalog reaction (hybrid reaction); None: "
+        "the catalog model alone",
     )
     diffusion: str = Field(description="diffusion template name from the catalog")
     diffusion_hyperparameters: dict[str, int | float | str] = Field(default_factory=dict)
@@ -114,12 +141,28 @@ class CandidateSpec(BaseModel):
             data["reaction"], data["reaction_hyperparameters"] = resolve_reaction(
                 reaction, reaction_hp
             )
+        if data.get("reaction_residual") is not None and data.get("reaction") in (
+            NeuralReaction.name,
+            ResidualReaction.name,
+        ):
+            raise ValueError(
+                "a residual is added to a catalog reaction model; 'neural' is already a network"
+            )
         diffusion, diffusion_hp = data.get("diffusion"), data.get("diffusion_hyperparameters")
         if isinstance(diffusion, str) and isinstance(diffusion_hp, dict | None):
             if data.get("diffusion_source") is None:
                 data["diffusion_hyperparameters"] = resolve_diffusion(diffusion, diffusion_hp)
             else:
                 template_info(diffusion)
+        return data
+
+    @model_serializer(mode="wrap")
+    def _leave_out_no_residual(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """A spec without a residual dumps exactly as before the field existed (archived specs
+        and their hashes stay unchanged)."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("reaction_residual", 0) is None:
+            del data["reaction_residual"]
         return data
 
     def code_hash(self) -> str | None:

@@ -46,6 +46,12 @@ from .observation import (
     electrode_nodes,
     observation_for,
 )
+from .reactions.residual import (
+    ResidualReaction,
+    VisitedState,
+    residual_penalty,
+    residual_share,
+)
 from .simulator import SimulationDiverged
 from .spec import CandidateSpec
 
@@ -60,6 +66,9 @@ class TrainingConfig:
     batch_size: int | None = None
     learning_rate: float = 1e-2
     physical_learning_rate: float = 2e-2
+    #: Adam step of a hybrid reaction's residual network (``reaction.mlp``): smaller than the
+    #: other networks' so the residual grows only where the data keeps asking for it
+    residual_learning_rate: float = 3e-3
     #: Adam step of the diffusion's ``raw_`` conductivity parameters; ``None``: the
     #: template's catalog value (0.03 for the physical templates, 0.1 for the neural ones)
     conductivity_learning_rate: float | None = None
@@ -125,6 +134,9 @@ class FitResult:
     state_dict: dict[str, torch.Tensor] | None
     failure: dict[str, Any] | None = None
     reaction_parameters: dict[str, float] = field(default_factory=dict)
+    #: a hybrid reaction's residual: its spec and its share of the reaction over the states of
+    #: the best epoch's validation rollout (:func:`residual_share`); None without a residual
+    residual: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-friendly summary (no weights)."""
@@ -138,6 +150,7 @@ class FitResult:
             "wall_seconds": round(self.wall_seconds, 3),
             "failure": self.failure,
             "reaction_parameters": self.reaction_parameters,
+            "residual": self.residual,
             "diagnosis": self.diagnosis.as_dict(),
         }
 
@@ -171,8 +184,10 @@ def predict(
     indices: np.ndarray,
     graphs: GraphCache,
     config: TrainingConfig,
+    visited: list[VisitedState] | None = None,
 ) -> torch.Tensor:
-    """Predicted TMP ``[len(indices), frames - 1, N]`` after the first (observed) frame."""
+    """Predicted TMP ``[len(indices), frames - 1, N]`` after the first (observed) frame;
+    ``visited`` collects states along the rollout (:meth:`HybridModel.rollout`)."""
     device = graphs.device
     u0 = torch.from_numpy(dataset.initial_tmp(indices)).to(device)
     return model.rollout(
@@ -184,6 +199,7 @@ def predict(
         config.checkpoint_frames,
         config.max_abs,
         config.reaction_substeps,
+        visited,
     )
 
 
@@ -192,13 +208,16 @@ def _optimizer(model: HybridModel, config: TrainingConfig) -> torch.optim.Optimi
 
     Bounded physical values are stored as ``raw_<name>`` (reaction parameters, conductivity
     levels and maps): the reaction's get ``physical_learning_rate``, the diffusion's
-    ``conductivity_learning_rate``, everything else (network weights) ``learning_rate``.
+    ``conductivity_learning_rate``, a hybrid reaction's residual ``residual_learning_rate``,
+    everything else (network weights) ``learning_rate``.
     """
     groups: dict[float, list[torch.nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        if not name.rsplit(".", 1)[-1].startswith("raw_"):
+        if name.startswith("reaction.mlp.") and isinstance(model.reaction, ResidualReaction):
+            rate = config.residual_learning_rate
+        elif not name.rsplit(".", 1)[-1].startswith("raw_"):
             rate = config.learning_rate
         elif name.startswith("diffusion."):
             rate = config.conductivity_learning_rate
@@ -256,6 +275,10 @@ def fit(
     best_prediction: torch.Tensor | None = None
     failure: dict[str, Any] | None = None
     status: Status = "ok"
+    hybrid_reaction = model.reaction if isinstance(model.reaction, ResidualReaction) else None
+    penalty = spec.reaction_residual.penalty if spec.reaction_residual is not None else 0.0
+    visited: list[VisitedState] | None = [] if hybrid_reaction is not None else None
+    residual: dict[str, Any] | None = None
     for epoch in range(1, config.epochs + 1):
         model.train()
         order = train_index[torch.randperm(len(train_index), generator=shuffler).numpy()]
@@ -265,11 +288,16 @@ def fit(
                 batch = order[b * batch_size : (b + 1) * batch_size]
                 targets = observation.targets(dataset, batch).to(device)
                 optimizer.zero_grad(set_to_none=True)
-                predicted = predict(model, dataset, batch, graphs, config)
+                if visited is not None:
+                    visited.clear()
+                predicted = predict(model, dataset, batch, graphs, config, visited)
                 loss = torch.mean((observation.observe(predicted) - targets) ** 2)
+                objective = loss
+                if hybrid_reaction is not None and penalty > 0:  # APHYNITY: keep r_phi small
+                    objective = loss + penalty * residual_penalty(hybrid_reaction, visited or [])
                 if not torch.isfinite(loss):
                     raise SimulationDiverged("non-finite loss", 0, float(dataset.t[-1]))
-                loss.backward()
+                objective.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 if not torch.isfinite(grad_norm):
                     raise SimulationDiverged("non-finite gradient", 0, float(dataset.t[-1]))
@@ -289,7 +317,9 @@ def fit(
                     )
             model.eval()
             with torch.no_grad():
-                predicted = predict(model, dataset, val_index, graphs, config)
+                if visited is not None:
+                    visited.clear()
+                predicted = predict(model, dataset, val_index, graphs, config, visited)
                 val_loss = float(torch.mean((observation.observe(predicted) - val_targets) ** 2))
         except SimulationDiverged as exc:
             status = "unstable"
@@ -307,6 +337,13 @@ def fit(
             best_val, best_epoch = val_loss, epoch
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             best_prediction = predicted.detach().cpu()
+            if hybrid_reaction is not None and spec.reaction_residual is not None:
+                residual = {
+                    **spec.reaction_residual.model_dump(),
+                    **residual_share(hybrid_reaction, visited or []),
+                    "split": "val",
+                    "epoch": epoch,
+                }
         elif best_epoch is not None and epoch - best_epoch >= config.patience:
             break
 
@@ -334,6 +371,7 @@ def fit(
         state_dict=copy.deepcopy(best_state),
         failure=failure,
         reaction_parameters=model.reaction.parameter_values(),
+        residual=residual,
     )
 
 

@@ -57,8 +57,10 @@ Workflow: start_session -> list_catalogs(session_id) -> select_reaction + select
 train_candidate (one unit of budget; wait=false answers at once, then poll wait_candidate) ->
 read the diagnosis and query_archive -> refine_diffusion / modify_diffusion /
 simplify_diffusion / select_* -> train_candidate ... until the budget is spent; then
-finetune_candidate the best one and evaluate_candidate it. The prompt 'discover' walks through
-the whole loop. Tables for query_archive: sessions, candidates, epochs, steps, evaluations."""
+finetune_candidate the best one and evaluate_candidate it. select_reaction(..., residual={...})
+makes a hybrid reaction (catalog model + a small neural residual; its share of the reaction rate
+is reported) for data the catalog does not explain. The prompt 'discover' walks through the
+whole loop. Tables for query_archive: sessions, candidates, epochs, steps, evaluations."""
 
 READ_ONLY = ToolAnnotations(
     read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False

@@ -15,10 +15,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from pydantic import ValidationError
+
 from leads_engine.reactions import NeuralReaction
 from leads_engine.spec import (
     SEARCH_OPERATIONS,
     CandidateSpec,
+    ResidualSpec,
     UnknownReactionError,
     resolve_reaction,
 )
@@ -98,21 +101,34 @@ class Drafts:
     # ------------------------------------------------------------------ the five operations
 
     async def select_reaction(self, request: SelectReaction) -> DraftResult:
-        """Set the draft's reaction model."""
+        """Set the draft's reaction model, optionally with a neural residual (hybrid reaction)."""
 
         async def decide(session: DiscoverySession, parent: Parent | None) -> DraftChange:
             real, hp = _resolved_reaction(session, request.reaction, request.hyperparameters)
+            residual = _checked_residual(real, request.residual)
             shown = session.aliases.show(real)
             next_step = (
                 "select a diffusion next"
                 if session.draft.diffusion is None
                 else "call train_candidate to train the draft"
             )
+            action: dict[str, Any] = {"reaction": shown, "hyperparameters": hp}
+            what = shown
+            if residual is not None:
+                action["residual"] = residual
+                what = (
+                    f"{shown} + neural residual (hidden {residual['hidden']}, layers "
+                    f"{residual['layers']}, penalty {residual['penalty']:g})"
+                )
             return DraftChange(
-                fields={"reaction": real, "reaction_hyperparameters": hp},
-                action={"reaction": shown, "hyperparameters": hp},
-                note=f"draft reaction {shown}",
-                message=f"reaction {shown} selected; {next_step}",
+                fields={
+                    "reaction": real,
+                    "reaction_hyperparameters": hp,
+                    "reaction_residual": residual,
+                },
+                action=action,
+                note=f"draft reaction {what}",
+                message=f"reaction {what} selected; {next_step}",
             )
 
         return await self._draft("select_reaction", request.session_id, None, decide)
@@ -246,6 +262,9 @@ class Drafts:
                         if draft.reaction
                         else spec.reaction_hyperparameters
                     ),
+                    "reaction_residual": (
+                        draft.reaction_residual if draft.reaction else spec.reaction_residual
+                    ),
                     "diffusion": base,
                     # the spec completes catalog code's hyper-parameters; edited code keeps
                     # them as given, so they are checked against its template here
@@ -364,6 +383,7 @@ def _structure(spec: dict[str, Any], code_hash: str | None) -> tuple[Any, ...]:
     return (
         spec.get("reaction"),
         json.dumps(spec.get("reaction_hyperparameters") or {}, sort_keys=True),
+        json.dumps(spec.get("reaction_residual"), sort_keys=True),
         spec.get("diffusion"),
         json.dumps(spec.get("diffusion_hyperparameters") or {}, sort_keys=True, default=str),
         code_hash,
@@ -403,6 +423,28 @@ def _resolved_reaction(
         raise DiscoveryError(str(exc)) from exc
 
 
+def _checked_residual(reaction: str, residual: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The residual's options completed with their defaults (``None``: no residual); a
+    DiscoveryError names the bad option and the allowed ranges."""
+    if residual is None:
+        return None
+    if reaction == NeuralReaction.name:
+        raise DiscoveryError(
+            "a residual is added to a catalog reaction model; 'neural' is already a network "
+            "(pass its hidden/layers as hyperparameters instead)"
+        )
+    try:
+        return ResidualSpec.model_validate(residual).model_dump()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc']) or 'residual'}: {e['msg']}" for e in exc.errors()
+        )
+        raise DiscoveryError(
+            f"invalid residual {residual}: {problems}. Allowed: hidden 4-128 (default 16), "
+            "layers 1-3 (default 2), penalty 0-10 (default 0.1)"
+        ) from exc
+
+
 def _diffusion(
     template: str,
     hyperparameters: dict[str, Any],
@@ -425,12 +467,14 @@ def _reaction_part(draft: Draft, reference: CandidateSpec | None) -> dict[str, A
         return {
             "reaction": draft.reaction,
             "reaction_hyperparameters": dict(draft.reaction_hyperparameters),
+            "reaction_residual": draft.reaction_residual,
             "reaction_parameters": {},
         }
     assert reference is not None
     return {
         "reaction": reference.reaction,
         "reaction_hyperparameters": dict(reference.reaction_hyperparameters),
+        "reaction_residual": reference.reaction_residual,
         "reaction_parameters": dict(reference.reaction_parameters),
     }
 

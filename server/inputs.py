@@ -54,6 +54,16 @@ ReactionHyperparameters = Annotated[
     dict[str, int],
     Field(description="only for reaction='neural': hidden (4-256), layers (1-4), n_recovery (1-3)"),
 ]
+ReactionResidual = Annotated[
+    dict[str, int | float],
+    Field(
+        description="a neural residual added to a catalog reaction (hybrid reaction "
+        "R + r_phi, r_phi an MLP kept small by a norm penalty in the loss): hidden (4-128, "
+        "default 16), layers (1-3, default 2), penalty (0-10, default 0.1); {} takes the "
+        "defaults. Not for 'neural'. The trained candidate reports the residual's share of "
+        "the reaction rate"
+    ),
+]
 DiffusionSource = Annotated[
     str,
     Field(
@@ -131,11 +141,13 @@ class StartSession(ToolInput):
 
 
 class SelectReaction(ToolInput):
-    """Set the reaction model of the draft candidate."""
+    """Set the reaction model of the draft candidate; residual={...} makes it a hybrid reaction
+    (the catalog model plus a small neural residual kept small by a norm penalty)."""
 
     session_id: SessionId
     reaction: ReactionName
     hyperparameters: ReactionHyperparameters | None = None
+    residual: ReactionResidual | None = None
 
 
 class SelectDiffusion(ToolInput):

@@ -89,6 +89,11 @@ class DraftView(_Output):
 
     reaction: str | None = Field(description="selected reaction (None: the parent's at training)")
     reaction_hyperparameters: dict[str, int]
+    reaction_residual: dict[str, float] | None = Field(
+        default=None,
+        description="the neural residual added to the reaction (hidden, layers, penalty); None: "
+        "the catalog model alone (or the parent's reaction at training)",
+    )
     diffusion: str | None
     diffusion_hyperparameters: dict[str, HyperparameterValue]
     edited_source: bool = Field(description="whether the diffusion code is an edited template")
@@ -139,6 +144,12 @@ class TrainingResult(_Output):
     parameter_count: int | None
     wall_seconds: float
     reaction_parameters: dict[str, float | None] = Field(default_factory=dict)
+    residual: dict[str, Any] | None = Field(
+        default=None,
+        description="a hybrid reaction's residual: hidden, layers, penalty and its share of the "
+        "reaction rate over the best epoch's validation rollout (share: all state variables, "
+        "share_u: the u equation; 0 = pure physics); None without a residual",
+    )
     failure: dict[str, Any] | None = None
     error: str | None = None
     budget_left: int

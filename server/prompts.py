@@ -43,7 +43,13 @@ until its status is final (no request has to stay open for the whole fit).
 Good practice: compare reactions under one cheap diffusion first (laplacian_global); keep the \
 reaction with the lowest validation loss; then explore diffusion structures; refine when \
 under-fitting, simplify when over-fitting, soften an unstable operator; never repeat a \
-structure already in the archive. When a tool returns an error, read it and correct the call.
+structure already in the archive. When a tool returns an error, read it and correct the call. \
+When the best structure plateaus well above the noise (its diagnosis explains clearly less than \
+about 97% of the variance), the catalog may lack the right model: try a hybrid reaction, \
+select_reaction(session_id, reaction, residual={{"hidden": 16, "layers": 2, "penalty": 0.1}}) \
+(a small neural residual on the reaction's right-hand side, kept small by a norm penalty; the \
+result reports its share of the reaction rate), and an anisotropic diffusion template when the \
+catalog has one.
 
 Finish: finetune_candidate the best candidate (lowest validation loss), then \
 evaluate_candidate the fine-tuned one on the test split, look at its activation map and \

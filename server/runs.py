@@ -68,6 +68,7 @@ def _final_state(summary: dict[str, Any], weights: bytes | None, epochs: int) ->
             "diagnosis": summary["diagnosis"],
             "failure": summary["failure"],
             "reaction_parameters": summary["reaction_parameters"],
+            "residual": summary.get("residual"),
             "epochs_requested": epochs,
         },
         "diagnosis": summary["diagnosis"]["text"],
@@ -378,6 +379,7 @@ class Runs:
             reaction_parameters={
                 k: _opt_finite(v) for k, v in summary.get("reaction_parameters", {}).items()
             },
+            residual=summary.get("residual"),
             failure=summary.get("failure"),
             error=error,
             budget_left=session.budget_left,

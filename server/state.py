@@ -49,6 +49,8 @@ class Draft:
 
     reaction: str | None = None
     reaction_hyperparameters: dict[str, int] = field(default_factory=dict)
+    #: the hybrid reaction's residual (ResidualSpec fields), None: the catalog model alone
+    reaction_residual: dict[str, Any] | None = None
     diffusion: str | None = None
     diffusion_hyperparameters: dict[str, Any] = field(default_factory=dict)
     diffusion_source: str | None = None
@@ -95,6 +97,7 @@ class DiscoverySession:
         return DraftView(
             reaction=None if draft.reaction is None else self.aliases.show(draft.reaction),
             reaction_hyperparameters=draft.reaction_hyperparameters,
+            reaction_residual=draft.reaction_residual,
             diffusion=draft.diffusion,
             diffusion_hyperparameters=draft.diffusion_hyperparameters,
             edited_source=draft.diffusion_source is not None,

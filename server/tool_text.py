@@ -74,13 +74,34 @@ def session_started(result: SessionStarted) -> str:
     )
 
 
+def residual_share(residual: dict[str, Any] | None) -> str:
+    """One phrase for a hybrid reaction's residual and its share of the reaction rate."""
+    if not residual:
+        return ""
+    options = f"hidden {residual.get('hidden')}, layers {residual.get('layers')}"
+    options += f", penalty {residual.get('penalty')}"
+    share = residual.get("share")
+    if share is None:
+        return f"neural residual ({options})"
+    text = (
+        f"neural residual ({options}): RMS {share:.1%} of the reaction rate's "
+        f"({residual.get('share_u', 0.0):.1%} in du/dt) on the validation rollout"
+    )
+    if share > 1.0:
+        text += "; it outweighs the rate, so it cancels much of the catalog model"
+    return text
+
+
 def draft(view: DraftView) -> str:
     diffusion = view.diffusion or "(from the parent)"
     if view.edited_source:
         diffusion += " (edited code)"
     count = "unknown" if view.parameter_count is None else str(view.parameter_count)
+    reaction = view.reaction or "(from the parent)"
+    if view.reaction_residual:
+        reaction += " + " + residual_share(view.reaction_residual)
     return (
-        f"draft: reaction {view.reaction or '(from the parent)'}, diffusion {diffusion} "
+        f"draft: reaction {reaction}, diffusion {diffusion} "
         f"({_hyper(view.diffusion_hyperparameters)}), operation {view.operation}, parent "
         f"{view.parent_id or 'none'}, {count} trainable parameters"
     )
@@ -104,6 +125,8 @@ def training(result: TrainingResult) -> str:
         f"{[_num(v) for v in result.val_losses]}"
     )
     tail = f"Budget left {result.budget_left} ({result.steps_used} used)."
+    if result.residual:
+        tail = f"Hybrid reaction: {residual_share(result.residual)}.\n{tail}"
     error = f"\nError: {result.error}" if result.error else ""
     return (
         f"{head}.\nCurves: {curves}; {result.wall_seconds:.1f} s.\n"
@@ -151,6 +174,9 @@ def candidate(result: CandidateRecord) -> str:
         lines.append("Epochs (train/val): " + ", ".join(losses))
     if result.diagnosis:
         lines.append(f"Diagnosis: {result.diagnosis}")
+    residual = (result.metrics or {}).get("residual")
+    if residual:
+        lines.append(f"Hybrid reaction: {residual_share(residual)}")
     for evaluation in result.evaluations:
         lines.append(
             f"Evaluation on {evaluation.get('split')}: MSE {_num(evaluation.get('mse'))}, AT MAE "

@@ -24,7 +24,12 @@ ARGUMENTS = {
         "epochs": 3,
         "batch_size": None,
     },
-    "select_reaction": {"session_id": REQUIRED, "reaction": REQUIRED, "hyperparameters": None},
+    "select_reaction": {
+        "session_id": REQUIRED,
+        "reaction": REQUIRED,
+        "hyperparameters": None,
+        "residual": None,
+    },
     "select_diffusion": {"session_id": REQUIRED, "template": REQUIRED, "hyperparameters": None},
     "refine_diffusion": {
         "session_id": REQUIRED,

@@ -14,6 +14,7 @@ from .fenton_karma import FentonKarma
 from .fitzhugh_nagumo import FitzHughNagumo
 from .mitchell_schaeffer import MitchellSchaeffer
 from .neural import NeuralReaction
+from .residual import ResidualReaction
 from .rogers_mcculloch import RogersMcCulloch
 
 REACTION_MODELS: MappingProxyType[str, type[ReactionModel]] = MappingProxyType(
@@ -63,6 +64,7 @@ __all__ = [
     "NeuralReaction",
     "ParameterRange",
     "ReactionModel",
+    "ResidualReaction",
     "RogersMcCulloch",
     "build_reaction",
     "resolve_reaction_name",

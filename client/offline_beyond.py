@@ -1,0 +1,147 @@
+"""The offline policy's step beyond the catalog: hybrid reactions and the anisotropic template.
+
+When the best *catalog* structure (a catalog reaction, no residual) explains less of the
+validation variance than a well-identified set does (``PLATEAU_EXPLAINED``: 97%, read from the
+server's diagnosis text), the catalog probably lacks the right reaction or diffusion. Then,
+once the reaction screening and the diffusion agenda are done, the policy tries, each once:
+
+1. the best reaction with a **neural residual** (``select_reaction(reaction, residual=...)``:
+   ``R + r_phi``, the residual kept small by a norm penalty) on the best physical operator;
+2. the **anisotropic** physical template (``laplacian_anisotropic``: conductivities along and
+   across fibres) with the best reaction, when the catalog has it;
+3. the anisotropic template with the residual, when the residual beat the plain reaction.
+
+The anisotropic template needs the data set's fibre field; on a set without one its training
+fails with the template's message, and the policy then drops it (:func:`anisotropy_available`)
+instead of simplifying it like an unstable candidate. That costs one step of the budget on an
+isotropic set that plateaus; the policy does not see the data set's summary.
+
+The order follows the diagnosis when it names the part the error points to ("may lack ... the
+diffusion"): anisotropy first then. On sets the catalog explains (the AP/RM/MS benchmarks reach
+more than 99%), none of this fires and the search is unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import TYPE_CHECKING, Any
+
+from .state import Candidate, SearchState
+
+if TYPE_CHECKING:
+    from .offline import Plan
+
+#: below this explained variance the best catalog structure counts as a plateau above the noise
+PLATEAU_EXPLAINED = 0.97
+#: the residual the policy tries (the server's defaults, stated so the archive shows them)
+DEFAULT_RESIDUAL: dict[str, Any] = {"hidden": 16, "layers": 2, "penalty": 0.1}
+ANISOTROPIC = "laplacian_anisotropic"
+PHYSICAL_BASES = ("laplacian_nodewise", "laplacian_global")
+
+_EXPLAINS = re.compile(r"explains\s+(-?[\d.]+)%\s+of the variance")
+_LACKS_DIFFUSION = re.compile(r"lack[^.;]*diffusion", re.IGNORECASE)
+
+
+def explained_variance(candidate: Candidate) -> float | None:
+    """The share of the validation variance a candidate explains, from its diagnosis text."""
+    match = _EXPLAINS.search(candidate.diagnosis or "")
+    return float(match.group(1)) / 100.0 if match else None
+
+
+def catalog_plateau(state: SearchState) -> tuple[Candidate, float] | None:
+    """The best catalog candidate and its explained variance when it is below
+    :data:`PLATEAU_EXPLAINED`; ``None`` when the catalog explains the data (or nothing says)."""
+    catalog = [c for c in state.trained() if c.ok and not c.residual and c.reaction != "neural"]
+    best = min(catalog, key=lambda c: c.val_loss or math.inf, default=None)
+    if best is None:
+        return None
+    explained = explained_variance(best)
+    if explained is None or explained >= PLATEAU_EXPLAINED:
+        return None
+    return best, explained
+
+
+def beyond_plan(state: SearchState, reaction: str, plan_type: type[Plan]) -> list[Plan]:
+    """The plans beyond the catalog, in order (empty unless the catalog plateaus); the caller
+    takes the first that is new."""
+    plateau = catalog_plateau(state)
+    if plateau is None or state.fixed_reaction == "neural":
+        return []
+    best, explained = plateau
+    trained = [c for c in state.trained() if c.ok and c.reaction == reaction]
+    base = _physical_base(state, trained) or best
+    head = (
+        f"The best catalog structure ({best.candidate_id}: {best.reaction} + {best.diffusion}) "
+        f"explains only {explained:.1%} of the validation variance, well short of a set the "
+        "catalog describes; the catalog may lack the right model."
+    )
+    residual_plan = plan_type(
+        reaction,
+        "select",
+        base.diffusion,
+        dict(base.hyperparameters),
+        f"{head} Add a small neural residual to {reaction}'s right-hand side (R + r_phi, kept "
+        f"small by a norm penalty) on {base.diffusion}: physics first, the network only where "
+        "the reaction model is wrong.",
+        residual=dict(DEFAULT_RESIDUAL),
+    )
+    plans = [residual_plan]
+    if anisotropy_available(state):
+        plans.append(
+            plan_type(
+                reaction,
+                "select",
+                ANISOTROPIC,
+                {},
+                f"{head} Try anisotropic conduction ({ANISOTROPIC}: learnable conductivities "
+                "along and across the fibres).",
+            )
+        )
+        hybrid = [c for c in trained if c.residual]
+        best_hybrid = min(hybrid, key=lambda c: c.val_loss or math.inf, default=None)
+        if best_hybrid is not None and (best_hybrid.val_loss or math.inf) < (
+            best.val_loss or math.inf
+        ):
+            plans.append(
+                plan_type(
+                    reaction,
+                    "select",
+                    ANISOTROPIC,
+                    {},
+                    f"{head} The residual helped ({best_hybrid.candidate_id}, val "
+                    f"{best_hybrid.val_loss:.4g} < {best.val_loss:.4g}): combine it with "
+                    f"anisotropic conduction ({ANISOTROPIC}).",
+                    residual=dict(best_hybrid.residual or DEFAULT_RESIDUAL),
+                )
+            )
+        if _LACKS_DIFFUSION.search(best.diagnosis or ""):
+            plans.insert(0, plans.pop(1))  # the error points to the diffusion: anisotropy first
+    return plans
+
+
+def anisotropy_available(state: SearchState) -> bool:
+    """Whether the anisotropic template may be tried: the catalog has it, the diffusion is not
+    fixed, and no earlier try of it *failed* (the template refuses a data set without a fibre
+    field: one failed try tells the policy the set has none)."""
+    if ANISOTROPIC not in state.templates or state.fixed_diffusion:
+        return False
+    return not any(c.diffusion == ANISOTROPIC and c.status == "failed" for c in state.trained())
+
+
+def is_refused_anisotropy(candidate: Candidate) -> bool:
+    """A failed anisotropic candidate: a set without fibres, not an instability to soften."""
+    return candidate.diffusion == ANISOTROPIC and candidate.status == "failed"
+
+
+def _physical_base(state: SearchState, trained: list[Candidate]) -> Candidate | None:
+    """The best unedited physical-template candidate of the reaction (no residual)."""
+    physical = [
+        c
+        for c in trained
+        if not c.residual
+        and not c.edited
+        and c.diffusion in PHYSICAL_BASES
+        and state.template_families.get(c.diffusion, "physical") == "physical"
+    ]
+    return min(physical, key=lambda c: c.val_loss or math.inf, default=None)
