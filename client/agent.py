@@ -161,7 +161,9 @@ class SearchRun:
                 # number), else the next number after the previous candidate's
                 step = recorded.get(candidate.candidate_id, step + 1)
                 candidate.step = step
-        return candidates
+        # in step order: a batch starts its longest training first, so creation order differs;
+        # fine-tuned copies stay last, in the order they were made
+        return sorted(candidates, key=lambda c: (c.operation == "finetune", c.step or 0))
 
     async def read_steps(self) -> list[StepRecord]:
         """The session's recorded steps (for a resumed run)."""
@@ -267,7 +269,15 @@ class SearchRun:
             },
             fixed_reaction=self.config.fixed_reaction,
             fixed_diffusion=self.config.fixed_diffusion,
+            dataset_fibers=self._dataset_fibers(),
         )
+
+    def _dataset_fibers(self) -> bool | None:
+        """Whether start_session's data set summary names a fibre field (None: no summary)."""
+        summary = self.session_info.get("dataset")
+        if not isinstance(summary, dict) or "nodes" not in summary:
+            return None
+        return "fibers" in summary
 
     def steps_done(self, candidates: list[Candidate]) -> int:
         """Steps already spent: the server's count when it gives one, else the archive's."""

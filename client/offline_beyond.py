@@ -11,10 +11,10 @@ once the reaction screening and the diffusion agenda are done, the policy tries,
    across fibres) with the best reaction, when the catalog has it;
 3. the anisotropic template with the residual, when the residual beat the plain reaction.
 
-The anisotropic template needs the data set's fibre field; on a set without one its training
-fails with the template's message, and the policy then drops it (:func:`anisotropy_available`)
-instead of simplifying it like an unstable candidate. That costs one step of the budget on an
-isotropic set that plateaus; the policy does not see the data set's summary.
+The anisotropic template needs the data set's fibre field: the policy skips it when the data set's
+summary (``start_session``'s ``dataset``) names none. When the policy was not told (a resumed
+session), a try on a set without fibres fails with the template's message, and the policy then
+drops it (:func:`anisotropy_available`) instead of simplifying it like an unstable candidate.
 
 The order follows the diagnosis when it names the part the error points to ("may lack ... the
 diffusion"): anisotropy first then. On sets the catalog explains (the AP/RM/MS benchmarks reach
@@ -122,9 +122,11 @@ def beyond_plan(state: SearchState, reaction: str, plan_type: type[Plan]) -> lis
 
 def anisotropy_available(state: SearchState) -> bool:
     """Whether the anisotropic template may be tried: the catalog has it, the diffusion is not
-    fixed, and no earlier try of it *failed* (the template refuses a data set without a fibre
-    field: one failed try tells the policy the set has none)."""
+    fixed, the data set is not known to lack fibres, and no earlier try of it *failed* (the
+    template refuses a data set without a fibre field: one failed try tells the policy so)."""
     if ANISOTROPIC not in state.templates or state.fixed_diffusion:
+        return False
+    if state.dataset_fibers is False:  # the data set's summary names no fibre field
         return False
     return not any(c.diffusion == ANISOTROPIC and c.status == "failed" for c in state.trained())
 

@@ -179,6 +179,9 @@ class SearchState:
     fixed_reaction: str | None = None
     fixed_diffusion: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: whether the data set's mesh carries a fibre field (its summary's ``fibers``), None when
+    #: the policy was not told (a resumed session)
+    dataset_fibers: bool | None = None
 
     @property
     def steps_left(self) -> int:

@@ -140,3 +140,28 @@ def test_a_failed_anisotropic_try_is_dropped_not_simplified():
     plan = plan_step(search)
     assert plan is not None and plan.template != "laplacian_anisotropic"
     assert plan.operation != "simplify"
+
+
+def test_a_set_whose_summary_names_no_fibres_never_gets_the_anisotropic_template():
+    search = state(explored(0.85, "the catalog may lack the right diffusion (anisotropy?)"))
+    search.templates.append("laplacian_anisotropic")
+    search.dataset_fibers = False
+    plan = plan_step(search)
+    assert plan is not None and plan.template != "laplacian_anisotropic"
+    assert plan.residual == DEFAULT_RESIDUAL  # the residual is still tried
+    search.dataset_fibers = True
+    assert plan_step(search).template == "laplacian_anisotropic"
+
+
+def test_the_agent_reads_the_fibres_from_the_data_set_summary():
+    from types import SimpleNamespace
+
+    from leads_agent.agent import SearchRun
+
+    def told(summary: object) -> bool | None:
+        run = SimpleNamespace(session_info={"dataset": summary})
+        return SearchRun._dataset_fibers(run)  # type: ignore[arg-type]
+
+    assert told({"name": "data-1", "nodes": 10, "fibers": "per node"}) is True
+    assert told({"name": "data-1", "nodes": 10}) is False
+    assert told("ap") is None  # a resumed session's summary names the data set only
