@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--beyond",
         action="store_true",
         help="out-of-catalog truth: every method on Beeler-Reuter sets (isotropic, and "
-        "anisotropic when the generator has fibres), next to the best catalog structure",
+        "anisotropic along rule-based fibres), next to the best catalog structure",
     )
     parser.add_argument("--out", help="output folder (default $LEADS_HOME/bench/full|quick)")
     parser.add_argument(
