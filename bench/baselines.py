@@ -64,11 +64,14 @@ def baseline_candidates(
     true_reaction: str,
     seed: int = 0,
     true_parameters: dict[str, float] | None = None,
+    has_fibers: bool = False,
 ) -> list[CandidateSpec]:
     """The candidate structures a baseline tries (one, or a catalog sweep).
 
     ``true_parameters`` (the data set's ``meta["reaction_parameters"]``) fix the physics
     oracle's reaction; without them it starts from the model's defaults, still fixed.
+    ``has_fibers``: the data set's mesh carries a fibre field, so the diffusion sweep includes
+    the operators that need one.
     """
 
     def spec(reaction: str, diffusion: str) -> CandidateSpec:
@@ -87,8 +90,12 @@ def baseline_candidates(
         ]
     if method == "hybrid-gat":
         return [spec(true_reaction, "gat")]
-    if method == "diff-only":
-        return [spec(true_reaction, info.name) for info in list_templates()]
+    if method == "diff-only":  # every template that runs on the data (fibres or not)
+        return [
+            spec(true_reaction, info.name)
+            for info in list_templates()
+            if has_fibers or not info.requires_fibers
+        ]
     if method == "react-only":
         return [spec(name, "gat") for name in REACTION_MODELS]
     if method == "all-neural":
@@ -167,7 +174,9 @@ def run_baseline(
             f"{true_reaction}, the catalog reaction fitting best with the FE Laplacian, stands in"
         )
     screening: list[tuple[CandidateSpec, FitResult]] = []
-    for spec in baseline_candidates(method, true_reaction, seed, true_parameters):
+    for spec in baseline_candidates(
+        method, true_reaction, seed, true_parameters, has_fibers=dataset.fibers is not None
+    ):
         label = f"{spec.reaction} + {spec.diffusion}"
         callback = (lambda event, label=label: progress(label, event)) if progress else None
         result = fitter(spec, dataset, replace(config, epochs=epochs), progress=callback)

@@ -62,6 +62,8 @@ class TemplateInfo:
     conductivity_learning_rate: float
     hyperparameters: dict[str, dict[str, Any]] = field(default_factory=dict)
     file: str = ""
+    #: whether the operator needs the data set's fibre field (an anisotropic operator)
+    requires_fibers: bool = False
 
     @property
     def refresh_frames(self) -> int:
@@ -97,6 +99,7 @@ def _catalog() -> tuple[TemplateInfo, ...]:
             conductivity_learning_rate=float(entry["conductivity_learning_rate"]),
             hyperparameters=entry.get("hyperparameters", {}),
             file=entry["file"],
+            requires_fibers=bool(entry.get("requires_fibers", False)),
         )
         for entry in catalog["templates"]
     )

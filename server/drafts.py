@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from leads_engine.diffusion import list_templates, template_info
 from leads_engine.reactions import NeuralReaction
 from leads_engine.spec import (
     SEARCH_OPERATIONS,
@@ -139,6 +140,7 @@ class Drafts:
 
         async def decide(session: DiscoverySession, parent: Parent | None) -> DraftChange:
             resolved = checked_diffusion(template, request.hyperparameters)
+            _require_fibers(template, session)
             next_step = (
                 "call train_candidate"
                 if session.draft.reaction is not None or session.last_candidate_id
@@ -492,3 +494,18 @@ def _diffusion_part(draft: Draft, reference: CandidateSpec | None) -> dict[str, 
         "diffusion_hyperparameters": dict(reference.diffusion_hyperparameters),
         "diffusion_source": reference.diffusion_source,
     }
+
+
+def _require_fibers(template: str, session: DiscoverySession) -> None:
+    """Refuse, before any training, an operator that needs a fibre field the data set lacks."""
+    if template_info(template).requires_fibers and session.dataset.fibers is None:
+        isotropic = [
+            info.name
+            for info in list_templates()
+            if info.family == "physical" and not info.requires_fibers
+        ]
+        raise DiscoveryError(
+            f"{template} needs a fibre field (conduction along and across the fibres), and this "
+            "session's data set has none (its summary names no 'fibers'); choose an isotropic "
+            f"template such as {', '.join(isotropic)}"
+        )

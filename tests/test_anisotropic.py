@@ -10,6 +10,7 @@ import leads_server
 import numpy as np
 import pytest
 import torch
+from leads_server.scripting import ToolCallError
 from server_calls import save_tiny
 from test_fibers import in_plane, sheet
 
@@ -239,9 +240,8 @@ async def test_the_tools_train_and_evaluate_the_anisotropic_template(leads_home)
         assert trained.status == "ok" and trained.diffusion == "laplacian_anisotropic"
         evaluation = await tools.evaluate_candidate(session.session_id, trained.candidate_id)
         assert math.isfinite(evaluation.mse) and evaluation.mse < 0.05
-        # a set without fibres: the candidate fails and says why
+        # a set without fibres: refused when selected, before any training, saying why
         plain = await tools.start_session(dataset="tiny", budget=2, epochs=1, anonymise=False)
         await tools.select_reaction(plain.session_id, "aliev_panfilov")
-        await tools.select_diffusion(plain.session_id, "laplacian_anisotropic")
-        failed = await tools.train_candidate(plain.session_id)
-        assert failed.status == "failed" and "needs a fibre field" in (failed.error or "")
+        with pytest.raises(ToolCallError, match="needs a fibre field.*laplacian_nodewise"):
+            await tools.select_diffusion(plain.session_id, "laplacian_anisotropic")

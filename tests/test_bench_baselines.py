@@ -30,7 +30,10 @@ def test_baseline_candidates_follow_the_paper():
         "laplacian_nodewise"
     ]
     assert baseline_candidates("hybrid-gat", "ms")[0].diffusion == "gat"
-    assert len(baseline_candidates("diff-only", "ap")) == 10
+    sweep = [s.diffusion for s in baseline_candidates("diff-only", "ap")]
+    assert len(sweep) == 10 and "laplacian_anisotropic" not in sweep  # no fibres, no tensor
+    fibred = [s.diffusion for s in baseline_candidates("diff-only", "ap", has_fibers=True)]
+    assert sorted(fibred) == sorted([*sweep, "laplacian_anisotropic"])
     assert {s.reaction for s in baseline_candidates("react-only", "ap")} >= {
         "aliev_panfilov",
         "rogers_mcculloch",
