@@ -262,10 +262,15 @@ def run_search_row(
         "test_mse": float(final.evaluation["mse"]),
         "test_at_mae_ms": error.mae,
         "test_at_missed": error.missed_fraction,
-        "reaction": final.spec.reaction,
+        # a hybrid reaction is named with its residual, so the table tells it from the plain one
+        "reaction": final.spec.reaction
+        + (" + residual" if final.spec.reaction_residual is not None else ""),
         "diffusion": final.spec.diffusion,
         "true_reaction": true_reaction,
         "reaction_identified": same_reaction(final.spec.reaction, true_reaction),
+        "residual": final.spec.reaction_residual.model_dump()
+        if final.spec.reaction_residual is not None
+        else None,
         "wall_seconds": round(result.wall_seconds, 2),
         "elapsed_seconds": round(time.perf_counter() - started, 2),
         "candidates": len(result.candidates),
