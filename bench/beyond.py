@@ -42,7 +42,7 @@ from leads_engine.reactions.generator_models import build_generator_reaction, in
 from leads_engine.simulator import FIXED_STEP_METHODS, Pacing, simulate
 from leads_engine.training import reference_activation_times
 
-from .config import LABELS, LLM_METHODS, PAPER_MSE, QUICK_DATA, BenchConfig, Check, Run
+from .config import LABELS, PAPER_MSE, QUICK_DATA, BenchConfig, Check, Run, plan_runs
 from .records import load_record, write_json
 from .table import machine_info, plot_activation_maps
 
@@ -178,19 +178,8 @@ def planned_beyond_runs(
     config: BenchConfig, datasets: list[str]
 ) -> tuple[list[Run], dict[str, str]]:
     """The runs to do (longest first) and the methods skipped, with why."""
-    skipped: dict[str, str] = {}
-    methods = []
-    for method in config.methods:
-        if method not in BEYOND_METHODS:
-            raise ValueError(f"unknown method {method!r}; choose from {', '.join(BEYOND_METHODS)}")
-        if method in LLM_METHODS and config.llm == "offline":
-            skipped[method] = "needs an LLM: --llm anthropic or --llm openai"
-            continue
-        methods.append(method)
     cost = {"leads-offline": 7, "diff-only": 6, "react-only": 5, "hybrid-gat": 4}
-    runs = [Run(m, d, s) for m in methods for d in datasets for s in config.seeds]
-    runs.sort(key=lambda r: -cost.get(r.method, 1))
-    return runs, skipped
+    return plan_runs(config, BEYOND_METHODS, datasets, cost)
 
 
 def _mean(values: list[Any]) -> float | None:

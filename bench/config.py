@@ -106,3 +106,25 @@ class Check:
     name: str
     passed: bool
     detail: str
+
+
+def plan_runs(
+    config: BenchConfig,
+    known: tuple[str, ...],
+    datasets: list[str] | tuple[str, ...],
+    cost: dict[str, int],
+) -> tuple[list[Run], dict[str, str]]:
+    """The runs of ``config``'s methods on ``datasets``, longest first by ``cost`` (they balance
+    the workers), and the methods skipped with why; a method outside ``known`` is refused."""
+    skipped: dict[str, str] = {}
+    methods = []
+    for method in config.methods:
+        if method not in known:
+            raise ValueError(f"unknown method {method!r}; choose from {', '.join(known)}")
+        if method in LLM_METHODS and config.llm == "offline":
+            skipped[method] = "needs an LLM: --llm anthropic or --llm openai"
+            continue
+        methods.append(method)
+    runs = [Run(m, d, s) for m in methods for d in datasets for s in config.seeds]
+    runs.sort(key=lambda r: -cost.get(r.method, 1))
+    return runs, skipped

@@ -33,7 +33,15 @@ from leads_engine.reactions.generator_models import in_search_catalog
 from .baseline_rows import run_baseline_row
 from .baselines import EXTRA_BASELINES
 from .beyond import run_beyond, run_generator_oracle_row
-from .config import BASELINE_METHODS, LLM_METHODS, METHODS, QUICK_DATA, BenchConfig, Check, Run
+from .config import (
+    BASELINE_METHODS,
+    METHODS,
+    QUICK_DATA,
+    BenchConfig,
+    Check,
+    Run,
+    plan_runs,
+)
 from .records import load_record, write_json, write_run
 from .search_rows import run_search_row
 from .table import check_orderings, machine_info, markdown_table, plot_activation_maps, summarise
@@ -107,19 +115,8 @@ class BenchResult:
 
 def planned_runs(config: BenchConfig) -> tuple[list[Run], dict[str, str]]:
     """The runs to do, longest first (they balance the workers), and the methods skipped."""
-    skipped: dict[str, str] = {}
-    methods = []
-    for method in config.methods:
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-        if method in LLM_METHODS and config.llm == "offline":
-            skipped[method] = "needs an LLM: --llm anthropic or --llm openai"
-            continue
-        methods.append(method)
     cost = {"react-only": 5, "diff-only": 4, "leads-offline": 6, "leads-llm": 6, "hdtwingen": 6}
-    runs = [Run(m, d, s) for m in methods for d in config.datasets for s in config.seeds]
-    runs.sort(key=lambda r: -cost.get(r.method, 1))
-    return runs, skipped
+    return plan_runs(config, METHODS, config.datasets, cost)
 
 
 def run_bench(

@@ -300,7 +300,6 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, ValueError, ConnectionError) as exc:
         print(f"leads-server: cannot start the job executor: {exc}", file=sys.stderr)
         return 2
-    print(f"leads-server: jobs: {executor.describe()}", file=sys.stderr, flush=True)
     try:
         server = build_server(
             args.archive,
@@ -320,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.transport == "stdio":  # the host sees the reason, not "Connection closed"
             anyio.run(busy_server(message).run_stdio_async)
         return 2
+    # said once the archive is open: a start-up that fails says only why, in one line
+    print(f"leads-server: jobs: {executor.describe()}", file=sys.stderr, flush=True)
     server.service.pool.warm_up()
     try:
         if args.transport == "stdio":
