@@ -351,6 +351,19 @@ class SearchRun:
             self.notes.append(f"step {number}: the policy stopped the search")
             return False
         decision, observation, candidate_id = await self.act(number, state, decision)
+        await self.finish_step(number, state, decision, observation, candidate_id)
+        return True
+
+    async def finish_step(
+        self,
+        number: int,
+        state: SearchState,
+        decision: Decision,
+        observation: str,
+        candidate_id: str | None,
+    ) -> None:
+        """Record step ``number`` (its thought, actions and observation), tell the policy its
+        outcome and show it."""
         record = StepRecord(
             number,
             decision.thought,
@@ -361,7 +374,6 @@ class SearchRun:
         await self.record(record)
         self.policy.record_outcome(state, decision, observation)
         self.view.message(f"step {number}: {observation}")
-        return True
 
     async def act(
         self, number: int, state: SearchState, decision: Decision, revisions: int = 2

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 from .connection import ToolResult
 from .offline import SCREEN_DIFFUSION, OfflinePolicy, plan_step
-from .run_result import StepRecord
 from .state import Candidate, Decision, SearchState
 
 if TYPE_CHECKING:
@@ -181,14 +180,5 @@ async def run_batch(run: SearchRun, number: int, limit: int) -> int:
         if data.get("reaction"):
             run.aliases[candidate_id] = str(data["reaction"])
         observation = run.describe_training(result)
-        record = StepRecord(
-            number + index,
-            decision.thought,
-            [call.as_action() for call in decision.calls],
-            observation,
-            candidate_id,
-        )
-        await run.record(record)
-        run.policy.record_outcome(step_state, decision, observation)
-        run.view.message(f"step {number + index}: {observation}")
+        await run.finish_step(number + index, step_state, decision, observation, candidate_id)
     return len(started)

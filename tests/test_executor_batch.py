@@ -3,7 +3,7 @@ screening is decided as one batch of independent candidates, and nothing else is
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from types import MethodType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -111,6 +111,7 @@ class BatchRun:
         self.selected = ""
         self.conn = self
         self.describe_training = SearchRun.describe_training
+        self.finish_step = MethodType(SearchRun.finish_step, self)
         self.view = SimpleNamespace(
             candidates=lambda *_: None,
             thought=lambda *_: None,
