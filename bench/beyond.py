@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ from leads_engine.simulator import FIXED_STEP_METHODS, Pacing, simulate
 from leads_engine.training import reference_activation_times
 
 from .config import LABELS, PAPER_MSE, QUICK_DATA, BenchConfig, Check, Run, plan_runs
-from .records import load_record, write_json
+from .records import load_record
 from .table import machine_info, plot_activation_maps
 
 __all__ = [
@@ -315,7 +314,7 @@ def beyond_markdown(
 
 def run_beyond(config: BenchConfig, console: Console, command: str) -> Any:
     """Run (or resume) the out-of-catalog comparison; write its table, JSON and figure."""
-    from .harness import BenchResult, _execute
+    from .harness import BenchResult, _execute, write_bench_results
 
     out = config.out
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -332,26 +331,10 @@ def run_beyond(config: BenchConfig, console: Console, command: str) -> Any:
     machine = machine_info()
     markdown = beyond_markdown(table, datasets, checks, skipped, machine, command)
     figure = plot_activation_maps(out, runs, paths, list(table))
-    write_json(
-        out / "results.json",
-        {
-            "config": {**asdict(config), "out": str(out)},
-            "machine": machine,
-            "command": command,
-            "table": table,
-            "checks": [asdict(c) for c in checks],
-            "runs": records,
-            "failures": failures,
-            "skipped": skipped,
-            "figure": None if figure is None else str(figure),
-        },
-    )
-    (out / "results.md").write_text(markdown)
-    return BenchResult(
-        table,
-        checks,
-        records,
-        failures,
-        skipped,
-        {"markdown": out / "results.md", "json": out / "results.json", "figure": figure},
+    return write_bench_results(
+        BenchResult(table, checks, records, failures, skipped, {"figure": figure}),
+        config,
+        machine,
+        command,
+        markdown,
     )

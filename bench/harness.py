@@ -145,32 +145,38 @@ def run_bench(
     markdown = markdown_table(table, list(config.datasets), checks, machine, command, skipped)
     figure = plot_activation_maps(out, runs, dataset_paths, list(table))
     viewer = write_activation_viewer(out, runs, dataset_paths, list(table))
+    files = {"figure": figure, "viewer": viewer}
+    return write_bench_results(
+        BenchResult(table, checks, records, failures, skipped, files),
+        config,
+        machine,
+        command,
+        markdown,
+    )
+
+
+def write_bench_results(
+    result: BenchResult, config: BenchConfig, machine: dict[str, Any], command: str, markdown: str
+) -> BenchResult:
+    """Write a table's ``results.json`` (config, machine, table, checks, runs, failures, skips,
+    figure) and ``results.md`` into ``config.out``; the result with their paths added."""
+    out = config.out
+    figure = result.paths.get("figure")
     payload = {
         "config": {**asdict(config), "out": str(out)},
         "machine": machine,
         "command": command,
-        "table": table,
-        "checks": [asdict(c) for c in checks],
-        "runs": records,
-        "failures": failures,
-        "skipped": skipped,
+        "table": result.table,
+        "checks": [asdict(c) for c in result.checks],
+        "runs": result.records,
+        "failures": result.failures,
+        "skipped": result.skipped,
         "figure": None if figure is None else str(figure),
     }
     write_json(out / "results.json", payload)
     (out / "results.md").write_text(markdown)
-    return BenchResult(
-        table,
-        checks,
-        records,
-        failures,
-        skipped,
-        {
-            "markdown": out / "results.md",
-            "json": out / "results.json",
-            "figure": figure,
-            "viewer": viewer,
-        },
-    )
+    result.paths = {"markdown": out / "results.md", "json": out / "results.json", **result.paths}
+    return result
 
 
 def _stop_with_parent(parent: int) -> None:
