@@ -393,7 +393,7 @@ class SearchRun:
             result = await self.train(
                 f"step {number}",
                 "train_candidate",
-                {"session_id": self.session_id, "epochs": self.config.epochs},
+                {"session_id": self.session_id, "epochs": decision.epochs_for(self.config.epochs)},
             )
             text = result.text or str(result.data)
             if not result.ok and is_duplicate_refusal(text):

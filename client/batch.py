@@ -111,7 +111,11 @@ async def _start(run: SearchRun, decision: Decision) -> str | None:
         return None
     started = await run.conn.call(
         "train_candidate",
-        {"session_id": run.session_id, "epochs": run.config.epochs, "wait": False},
+        {
+            "session_id": run.session_id,
+            "epochs": decision.epochs_for(run.config.epochs),
+            "wait": False,
+        },
     )
     candidate_id = started.as_dict().get("candidate_id") if started.ok else None
     return str(candidate_id) if candidate_id else None

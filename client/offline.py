@@ -82,6 +82,8 @@ class Plan:
     edit: str | None = None
     #: a neural residual on the reaction (select_reaction's ``residual``)
     residual: dict[str, Any] | None = None
+    #: train for this many times the run's epochs per candidate (Decision.epochs_factor)
+    epochs_factor: int = 1
 
     def reaction_residual(self) -> dict[str, Any] | None:
         """The residual the candidate will have: this plan's, else a derived candidate keeps its
@@ -579,7 +581,7 @@ class OfflinePolicy:
             # the edit applies to the parent candidate's code (its template is implied)
             args |= {"candidate_id": plan.parent.candidate_id, "source": source}
             calls.append(ToolCall("modify_diffusion", args))
-        return Decision(thought=plan.thought, calls=calls)
+        return Decision(thought=plan.thought, calls=calls, epochs_factor=plan.epochs_factor)
 
     def record_outcome(self, state: SearchState, decision: Decision, observation: str) -> None:
         """The rules re-read the archive each step; only refused actions are remembered."""

@@ -246,6 +246,13 @@ class Decision:
     thought: str
     calls: list[ToolCall] = field(default_factory=list)
     stop: bool = False
+    #: the candidate trains for this many times the run's epochs per candidate (a hybrid
+    #: reaction's network starts from zero and needs longer than physical parameters)
+    epochs_factor: int = 1
+
+    def epochs_for(self, run_epochs: int) -> int:
+        """The epochs to ask train_candidate for (the tool allows at most 100)."""
+        return min(100, run_epochs * max(1, self.epochs_factor))
 
 
 #: How the loop reports a step whose action the server refused (policies key on it).

@@ -82,8 +82,9 @@ class HybridModel(nn.Module):
             **spec.reaction_hyperparameters,
         )
         if spec.reaction_residual is not None:
+            residual = spec.reaction_residual
             reaction = ResidualReaction(
-                reaction, spec.reaction_residual.hidden, spec.reaction_residual.layers
+                reaction, residual.hidden, residual.layers, residual.latent
             )
         diffusion = build_diffusion(
             spec.diffusion, num_nodes, spec.diffusion_hyperparameters, spec.diffusion_source

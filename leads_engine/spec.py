@@ -84,6 +84,22 @@ class ResidualSpec(BaseModel):
     penalty: float = Field(
         default=0.1, ge=0.0, le=10.0, description="weight of the residual's norm penalty"
     )
+    latent: int = Field(
+        default=0,
+        ge=0,
+        le=4,
+        description="extra state variables only the residual drives (memory the catalog "
+        "model lacks, e.g. a slow current behind a plateau); 0: none",
+    )
+
+    @model_serializer(mode="wrap")
+    def _leave_out_no_latent(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """A residual without latent variables dumps as before the field existed (archived
+        specs and their hashes stay unchanged)."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("latent") == 0:
+            del data["latent"]
+        return data
 
 
 Operation = Literal["select", "refine", "modify", "simplify", "baseline", "finetune"]

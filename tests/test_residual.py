@@ -48,9 +48,40 @@ def test_an_untrained_residual_is_the_catalog_model_and_rest_stays_an_equilibriu
     assert float(moved.abs().max()) > 1e-3  # the network does change the rates off rest
 
 
+def test_latent_variables_extend_the_state_and_carry_memory_the_catalog_model_lacks():
+    base = build_reaction("ms")
+    hybrid = ResidualReaction(build_reaction("ms"), hidden=8, layers=2, latent=2)
+    assert hybrid.state_names == (*base.state_names, "z1", "z2")
+    assert hybrid.resting_state == (*base.resting_state, 0.0, 0.0)
+    assert hybrid.n_recovery == base.n_recovery + 2
+    assert hybrid.initial_state(5, 3).shape == (1 + base.n_recovery + 2, 5, 3)
+    generator = torch.Generator().manual_seed(2)
+    u = torch.rand(40, 1, generator=generator)
+    w = torch.rand(hybrid.n_recovery, 40, 1, generator=generator)
+    du, dw = hybrid(u, w)  # untrained: the catalog model, latent variables at rest
+    base_du, base_dw = base(u, w[: base.n_recovery])
+    torch.testing.assert_close(du, base_du, rtol=0, atol=0)
+    torch.testing.assert_close(dw[: base.n_recovery], base_dw, rtol=0, atol=0)
+    assert float(dw[base.n_recovery :].abs().max()) == 0.0
+    _randomised(hybrid)
+    rest = hybrid.initial_state(4, 1)
+    with torch.no_grad():
+        du, dw = hybrid(rest[0], rest[1:])
+    assert float(du.abs().max()) < 1e-6 and float(dw.abs().max()) < 1e-6
+    # the latent state changes the rate of u: memory beyond (u, w)
+    shifted = w.clone()
+    shifted[base.n_recovery :] += 0.5
+    with torch.no_grad():
+        assert float((hybrid(u, shifted)[0] - hybrid(u, w)[0]).abs().max()) > 1e-4
+        share = residual_share(hybrid, [(u, w)])
+    assert share["share"] > 0 and share["states"] == 40
+
+
 def test_residual_options_are_checked():
     with pytest.raises(ValueError, match="layers"):
         ResidualReaction(build_reaction("ap"), hidden=8, layers=5)
+    with pytest.raises(ValueError, match="latent"):
+        ResidualReaction(build_reaction("ap"), latent=5)
     with pytest.raises(ValueError, match="not another residual"):
         ResidualReaction(ResidualReaction(build_reaction("ap")))
 
@@ -105,12 +136,15 @@ def test_segment_adjoint_with_a_residual_passes_gradcheck():
     )
 
 
-@pytest.mark.parametrize(("reaction", "diffusion"), [("ap", "laplacian_nodewise"), ("ms", "gcn")])
-def test_fused_rollout_with_a_residual_matches_plain_autograd(tiny, reaction, diffusion):
+@pytest.mark.parametrize(
+    ("reaction", "diffusion", "latent"),
+    [("ap", "laplacian_nodewise", 0), ("ms", "gcn", 0), ("ms", "laplacian_nodewise", 2)],
+)
+def test_fused_rollout_with_a_residual_matches_plain_autograd(tiny, reaction, diffusion, latent):
     graph = MeshGraph.from_mesh(tiny.mesh(), 2, dtype=torch.float64)
     u0 = torch.from_numpy(tiny.u[:2, 0]).double()
     target = torch.from_numpy(tiny.u[:2, 1:13]).double()
-    residual = {"hidden": 8, "layers": 2, "penalty": 0.0}
+    residual = {"hidden": 8, "layers": 2, "penalty": 0.0, "latent": latent}
     results = []
     for fused in (False, True):
         spec = CandidateSpec(
@@ -157,6 +191,15 @@ def test_spec_validates_and_identifies_the_residual():
         )
     with pytest.raises(ValidationError, match="extra"):
         CandidateSpec(reaction="ap", diffusion="laplacian_global", reaction_residual={"width": 3})
+    # no latent variables: the dump (and the identity of archived specs) is as before
+    assert "latent" not in spec.model_dump()["reaction_residual"]
+    latent = CandidateSpec(
+        reaction="ap", diffusion="laplacian_global", reaction_residual={"hidden": 8, "latent": 2}
+    )
+    assert latent.model_dump()["reaction_residual"]["latent"] == 2 and latent != spec
+    assert CandidateSpec.model_validate_json(latent.model_dump_json()) == latent
+    with pytest.raises(ValidationError, match="latent"):
+        CandidateSpec(reaction="ap", diffusion="laplacian_global", reaction_residual={"latent": 9})
 
 
 def test_penalty_and_share_on_visited_states(tiny):

@@ -8,7 +8,11 @@ import asyncio
 import json
 
 from leads_agent.offline import OfflinePolicy, Plan, plan_step
-from leads_agent.offline_beyond import DEFAULT_RESIDUAL, explained_variance
+from leads_agent.offline_beyond import (
+    DEFAULT_RESIDUAL,
+    RESIDUAL_EPOCHS_FACTOR,
+    explained_variance,
+)
 from leads_agent.state import Candidate
 from test_offline import FakeEnv, cand, screened, state
 
@@ -55,6 +59,12 @@ def test_a_plateau_below_97_percent_tries_a_residual_on_the_best_reaction():
     assert reaction.arguments["residual"] == DEFAULT_RESIDUAL
     assert reaction.arguments["reaction"] == "reaction_B"
     assert diffusion.arguments["template"] == "laplacian_nodewise"
+    # latent state for the memory a catalog model lacks, and a longer training for the
+    # network that starts from zero (within the tool's 100 epochs)
+    assert DEFAULT_RESIDUAL["latent"] == 2
+    assert decision.epochs_factor == RESIDUAL_EPOCHS_FACTOR > 1
+    assert decision.epochs_for(3) == 3 * RESIDUAL_EPOCHS_FACTOR
+    assert decision.epochs_for(50) == 100
 
 
 def test_a_set_the_catalog_explains_gets_the_same_plan_as_before():
