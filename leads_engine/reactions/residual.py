@@ -3,7 +3,8 @@ r"""Hybrid reactions: a catalog ionic model plus a small neural residual (APHYNI
 .. math::
     \Big(\frac{du}{dt}, \frac{dw}{dt}, \frac{dz}{dt}\Big) = \big(R_\theta(u, w), 0\big)
     + r_\phi(u, w, z), \qquad
-    r_\phi(u, w, z) = s\,\big(\mathrm{MLP}_\phi(u, w, z) - \mathrm{MLP}_\phi(u_{rest}, w_{rest}, 0)\big)
+    r_\phi(u, w, z) = s\,\big(\mathrm{MLP}_\phi(u, w, z)
+    - \mathrm{MLP}_\phi(u_{rest}, w_{rest}, 0)\big)
 
 ``R_theta`` is the wrapped catalog model (its bounded parameters and ``time_scale`` stay
 learnable and reach the fused integrator through :meth:`physical_parameters`, exactly as for the
@@ -17,10 +18,10 @@ model. ``z`` are ``latent`` extra state variables (default none) that only the r
 drives, resting at 0: a catalog model has fewer state variables than the tissue may need (a
 two-variable model cannot hold the slow inward current behind a spike-and-dome plateau), and a
 residual on ``(u, w)`` alone cannot add memory; a latent variable can (augmented neural ODEs,
-Dupont et al., NeurIPS 2019). Training adds ``penalty * mean ||r_phi / s||^2`` over the states the rollout visits
-(:func:`residual_penalty`), so the residual stays as small as the data allows: physics first
-(Yin et al., "Augmenting physical models with deep networks for complex dynamics forecasting",
-ICLR 2021, the APHYNITY decomposition).
+Dupont et al., NeurIPS 2019). Training adds ``penalty * mean ||r_phi / s||^2`` over the states
+the rollout visits (:func:`residual_penalty`), so the residual stays as small as the data
+allows: physics first (Yin et al., "Augmenting physical models with deep networks for complex
+dynamics forecasting", ICLR 2021, the APHYNITY decomposition).
 """
 
 from __future__ import annotations
