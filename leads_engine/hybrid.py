@@ -83,9 +83,7 @@ class HybridModel(nn.Module):
         )
         if spec.reaction_residual is not None:
             residual = spec.reaction_residual
-            reaction = ResidualReaction(
-                reaction, residual.hidden, residual.layers, residual.latent
-            )
+            reaction = ResidualReaction(reaction, residual.hidden, residual.layers, residual.latent)
         diffusion = build_diffusion(
             spec.diffusion, num_nodes, spec.diffusion_hyperparameters, spec.diffusion_source
         )
