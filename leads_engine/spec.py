@@ -91,14 +91,24 @@ class ResidualSpec(BaseModel):
         description="extra state variables only the residual drives (memory the catalog "
         "model lacks, e.g. a slow current behind a plateau); 0: none",
     )
+    learning_rate: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=0.1,
+        description="Adam step of the residual network; None: the engine's default (3e-3, "
+        "small so that the residual grows only where the data keeps asking for it)",
+    )
 
     @model_serializer(mode="wrap")
     def _leave_out_no_latent(self, handler: SerializerFunctionWrapHandler) -> dict:
-        """A residual without latent variables dumps as before the field existed (archived
-        specs and their hashes stay unchanged)."""
+        """A residual without latent variables or its own learning rate dumps as before those
+        fields existed (archived specs and their hashes stay unchanged)."""
         data = handler(self)
-        if isinstance(data, dict) and data.get("latent") == 0:
-            del data["latent"]
+        if isinstance(data, dict):
+            if data.get("latent") == 0:
+                del data["latent"]
+            if data.get("learning_rate", 0) is None:
+                del data["learning_rate"]
         return data
 
 

@@ -246,6 +246,8 @@ def fit(
     ``observation`` defaults to the data set's own operator (:func:`observation_for`).
     """
     config = (config or TrainingConfig()).for_template(spec.diffusion)
+    if spec.reaction_residual is not None and spec.reaction_residual.learning_rate is not None:
+        config = replace(config, residual_learning_rate=spec.reaction_residual.learning_rate)
     device = config.torch_device()
     observation = (observation or observation_for(dataset)).to(device)
     started = time.perf_counter()

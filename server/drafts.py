@@ -443,7 +443,8 @@ def _checked_residual(reaction: str, residual: dict[str, Any] | None) -> dict[st
         )
         raise DiscoveryError(
             f"invalid residual {residual}: {problems}. Allowed: hidden 4-128 (default 16), "
-            "layers 1-3 (default 2), penalty 0-10 (default 0.1), latent 0-4 (default 0)"
+            "layers 1-3 (default 2), penalty 0-10 (default 0.1), latent 0-4 (default 0), "
+            "learning_rate 0-0.1 (default 3e-3)"
         ) from exc
 
 

@@ -61,7 +61,8 @@ ReactionResidual = Annotated[
         "R + r_phi, r_phi an MLP kept small by a norm penalty in the loss): hidden (4-128, "
         "default 16), layers (1-3, default 2), penalty (0-10, default 0.1), latent (0-4, "
         "default 0: extra state variables only the residual drives, memory the catalog model "
-        "lacks such as a slow current behind a plateau); {} takes the defaults. Not for "
+        "lacks such as a slow current behind a plateau), learning_rate (Adam step of the "
+        "network, default 3e-3); {} takes the defaults. Not for "
         "'neural'. The trained candidate reports the residual's share of "
         "the reaction rate"
     ),

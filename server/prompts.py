@@ -47,11 +47,11 @@ structure already in the archive. When a tool returns an error, read it and corr
 When the best structure plateaus well above the noise (its diagnosis explains clearly less than \
 about 97% of the variance), the catalog may lack the right model: try a hybrid reaction, \
 select_reaction(session_id, reaction, residual={{"hidden": 16, "layers": 2, "penalty": 0.01, \
-"latent": 2}}) (a small neural residual on the reaction's right-hand side, kept small by a norm \
-penalty, with two latent state variables for the memory a catalog model lacks, e.g. a \
-spike-and-dome plateau; it starts from zero, so give it more epochs: train_candidate(epochs=4x); \
-the result reports its share of the reaction rate), and an anisotropic diffusion template when the \
-catalog has one.
+"latent": 2, "learning_rate": 0.01}}) (a small neural residual on the reaction's right-hand \
+side, kept small by a norm penalty, with two latent state variables for the memory a catalog \
+model lacks, e.g. a spike-and-dome plateau; it starts from zero, so give it more epochs: \
+train_candidate(epochs=4x); the result reports its share of the reaction rate), and an \
+anisotropic diffusion template when the catalog has one.
 
 Finish: finetune_candidate the best candidate (lowest validation loss), then \
 evaluate_candidate the fine-tuned one on the test split, look at its activation map and \

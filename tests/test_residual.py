@@ -5,6 +5,8 @@ and a fit penalises and reports the residual's share of the reaction."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from pydantic import ValidationError
@@ -200,6 +202,14 @@ def test_spec_validates_and_identifies_the_residual():
     assert CandidateSpec.model_validate_json(latent.model_dump_json()) == latent
     with pytest.raises(ValidationError, match="latent"):
         CandidateSpec(reaction="ap", diffusion="laplacian_global", reaction_residual={"latent": 9})
+    assert "learning_rate" not in latent.model_dump()["reaction_residual"]
+    faster = {"latent": 2, "learning_rate": 0.01}
+    fast = CandidateSpec(reaction="ap", diffusion="laplacian_global", reaction_residual=faster)
+    assert fast.model_dump()["reaction_residual"]["learning_rate"] == 0.01 and fast != latent
+    with pytest.raises(ValidationError, match="learning_rate"):
+        CandidateSpec(
+            reaction="ap", diffusion="laplacian_global", reaction_residual={"learning_rate": 1}
+        )
 
 
 def test_penalty_and_share_on_visited_states(tiny):
@@ -253,3 +263,21 @@ def test_a_larger_penalty_keeps_the_residual_smaller(tiny):
         )
         shares.append(fit(spec, tiny, config).residual["rms"])
     assert shares[1] < shares[0]
+
+
+def test_the_residual_s_own_learning_rate_drives_its_network(tiny):
+    """A spec's ``learning_rate`` is the Adam step of the residual network: the same fit as the
+    engine's setting of that value, and another fit than the default's."""
+    config = TrainingConfig(epochs=1, compile=False, batch_size=3)
+
+    def rms(residual: dict, **settings: float) -> float:
+        spec = CandidateSpec(
+            reaction="ap", diffusion="laplacian_global", reaction_residual=residual
+        )
+        return fit(spec, tiny, replace(config, **settings)).residual["rms"]
+
+    from_spec = rms({"hidden": 8, "latent": 1, "learning_rate": 3e-2})
+    from_config = rms({"hidden": 8, "latent": 1}, residual_learning_rate=3e-2)
+    default = rms({"hidden": 8, "latent": 1})
+    assert from_spec == pytest.approx(from_config, rel=1e-6)
+    assert from_spec > 1.5 * default
