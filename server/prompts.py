@@ -49,7 +49,10 @@ about 97% of the variance), the catalog may lack the right model: try a hybrid r
 select_reaction(session_id, reaction, residual={{"hidden": 16, "layers": 2, "penalty": 0.1}}) \
 (a small neural residual on the reaction's right-hand side, kept small by a norm penalty; the \
 result reports its share of the reaction rate), and an anisotropic diffusion template when the \
-catalog has one.
+catalog has one. When the diagnosis points at the reaction (the action potential's shape) and a \
+residual did not close the gap, edit the reaction's code: read it at \
+session://{{session_id}}/reaction/{{name}} and call modify_reaction(session_id, source, \
+candidate_id=...) or modify_reaction(session_id, source, reaction=...).
 
 Finish: finetune_candidate the best candidate (lowest validation loss), then \
 evaluate_candidate the fine-tuned one on the test split, look at its activation map and \
