@@ -314,7 +314,7 @@ async def test_an_anonymised_session_edits_reactions_under_aliases(client: Clien
     )
     assert not any(real in source.lower().replace("_", "") for real in REAL_NAMES)
     assert f"name = '{alias}'" in source and "class Reaction(ReactionModel)" in source
-    assert "this session" in await fails(
+    assert "not a reaction of this anonymised session" in await fails(
         client, "modify_reaction", session_id=session_id, source=source,
         reaction="mitchell_schaeffer",
     )  # fmt: skip
