@@ -71,12 +71,17 @@ better. Do not repeat a structure already in the archive: training a duplicate i
 Beyond the catalog: real tissue need not follow any catalog model. When the best structure
 plateaus well above the noise (its diagnosis explains clearly less than about 97% of the
 variance), the catalog may lack the right model. Then try a hybrid reaction:
-select_reaction(reaction, residual={"hidden": 16, "layers": 2, "penalty": 0.1}) adds a small
-neural residual r_phi(u, w) to the reaction's right-hand side, kept as small as the data allows
-by the norm penalty; the result reports the residual's share of the reaction rate (near 0: the
+select_reaction(reaction, residual={"hidden": 16, "layers": 2, "penalty": 0.01, "latent": 2,
+"learning_rate": 0.01}) adds a small neural residual r_phi(u, w, z) to the reaction's right-hand
+side, kept as small as the data allows by the norm penalty, with two latent state variables z for
+the memory a catalog model lacks (a two-variable model cannot hold a spike-and-dome plateau); the
+result reports the residual's share of the reaction rate (near 0: the
 catalog model suffices; large: the model is being replaced, so check it generalises). If the
-catalog lists laplacian_anisotropic, it fits conduction along and across fibres. On data a
-catalog model explains, these add parameters without gain.
+catalog lists laplacian_anisotropic, it fits conduction along and across fibres. When the
+diagnosis points at the reaction (the action potential's shape) and a residual did not close the
+gap, edit the reaction's code: read it with read_reaction_source, then modify_reaction(source,
+candidate_id=...) or modify_reaction(source, reaction=...) with the complete edited model. On
+data a catalog model explains, these add parameters without gain.
 The session_id is filled in for you.
 """
 
@@ -134,6 +139,21 @@ TEMPLATE_TOOL = ToolSpec(
 )
 
 
+REACTION_TOOL = ToolSpec(
+    name="read_reaction_source",
+    description="Python source of a catalog reaction model as this session names it (what "
+    "modify_reaction edits): resource session://{session_id}/reaction/{reaction}.",
+    input_schema={
+        "type": "object",
+        "properties": {
+            "reaction": {"type": "string", "description": "reaction name from list_catalogs"}
+        },
+        "required": ["reaction"],
+    },
+    read_only=True,
+)
+
+
 def _strip_session(schema: dict[str, Any]) -> dict[str, Any]:
     schema = copy.deepcopy(schema) if schema else {"type": "object", "properties": {}}
     schema.setdefault("type", "object")
@@ -146,13 +166,14 @@ def _strip_session(schema: dict[str, Any]) -> dict[str, Any]:
 
 def agent_tools(server_tools: dict[str, ToolSpec]) -> list[ToolSpec]:
     """The tools an LLM sees: the server's observe and act tools (``session_id`` removed, it
-    is filled in), plus ``read_template_source``; training stays with the loop."""
+    is filled in), plus ``read_template_source`` and ``read_reaction_source``; training stays
+    with the loop."""
     tools = [
         ToolSpec(spec.name, spec.description, _strip_session(spec.input_schema), spec.read_only)
         for name in (*OBSERVE_TOOLS, *ACTION_TOOLS)
         if (spec := server_tools.get(name)) is not None
     ]
-    return [*tools, TEMPLATE_TOOL]
+    return [*tools, TEMPLATE_TOOL, REACTION_TOOL]
 
 
 class TemporaryError(Exception):
@@ -313,6 +334,15 @@ class LLMPolicy:
                 source = await env.read_resource(f"catalog://diffusion/{template}")
             except Exception as exc:  # report to the model, which can pick another name
                 return f"cannot read template {template!r}: {exc}", True, None
+            return source if isinstance(source, str) else source.decode(), False, None
+        if call.name == REACTION_TOOL.name:
+            reaction = str(call.arguments.get("reaction", ""))
+            try:
+                source = await env.read_resource(
+                    f"session://{state.session_id}/reaction/{reaction}"
+                )
+            except Exception as exc:  # report to the model, which can pick another name
+                return f"cannot read reaction {reaction!r}: {exc}", True, None
             return source if isinstance(source, str) else source.decode(), False, None
         arguments = dict(call.arguments)
         if call.name in ACTION_TOOLS or call.name in ("list_catalogs", "query_archive"):

@@ -23,6 +23,7 @@ ACTION_TOOLS = (
     "select_diffusion",
     "refine_diffusion",
     "modify_diffusion",
+    "modify_reaction",
     "simplify_diffusion",
 )
 OBSERVE_TOOLS = ("list_catalogs", "query_archive", "get_candidate")

@@ -39,7 +39,7 @@ from torch.utils.checkpoint import checkpoint
 from .diffusion import build_diffusion, template_info
 from .graph import MeshGraph
 from .integrator import FluxOperatorLayout, SegmentPlan, integrate_segment
-from .reactions import ReactionModel, ResidualReaction, build_reaction
+from .reactions import ReactionModel, ResidualReaction, build_edited_reaction, build_reaction
 from .reactions.residual import VisitedState
 from .simulator import SimulationDiverged
 from .spec import CandidateSpec
@@ -75,12 +75,20 @@ class HybridModel(nn.Module):
     def from_spec(cls, spec: CandidateSpec, num_nodes: int) -> HybridModel:
         """Build the model a spec describes, with its seed (same spec -> same weights)."""
         torch.manual_seed(spec.seed)
-        reaction = build_reaction(
-            spec.reaction,
-            learnable=spec.reaction_learnable,
-            **spec.reaction_parameters,
-            **spec.reaction_hyperparameters,
-        )
+        if spec.reaction_source is not None:  # edited code: only ever in a locked-down worker
+            reaction = build_edited_reaction(
+                spec.reaction_source,
+                learnable=spec.reaction_learnable,
+                filename=f"<edited reaction: {spec.reaction}>",
+                **spec.reaction_parameters,
+            )
+        else:
+            reaction = build_reaction(
+                spec.reaction,
+                learnable=spec.reaction_learnable,
+                **spec.reaction_parameters,
+                **spec.reaction_hyperparameters,
+            )
         if spec.reaction_residual is not None:
             residual = spec.reaction_residual
             reaction = ResidualReaction(reaction, residual.hidden, residual.layers, residual.latent)

@@ -9,6 +9,7 @@ and seed train to the same numbers on the same machine.
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Literal, get_args
 
 from pydantic import (
@@ -141,6 +142,11 @@ class CandidateSpec(BaseModel):
         description="a neural residual added to the catalog reaction (hybrid reaction); None: "
         "the catalog model alone",
     )
+    reaction_source: str | None = Field(
+        default=None,
+        description="edited source of the reaction model (modify_reaction); 'reaction' names the "
+        "catalog model it was edited from; None = the catalog code",
+    )
     diffusion: str = Field(description="diffusion template name from the catalog")
     diffusion_hyperparameters: dict[str, int | float | str] = Field(default_factory=dict)
     diffusion_source: str | None = Field(
@@ -174,6 +180,11 @@ class CandidateSpec(BaseModel):
             raise ValueError(
                 "a residual is added to a catalog reaction model; 'neural' is already a network"
             )
+        if data.get("reaction_source") is not None and data.get("reaction") in (
+            NeuralReaction.name,
+            ResidualReaction.name,
+        ):
+            raise ValueError("edited reaction code replaces a catalog reaction model, not 'neural'")
         diffusion, diffusion_hp = data.get("diffusion"), data.get("diffusion_hyperparameters")
         if isinstance(diffusion, str) and isinstance(diffusion_hp, dict | None):
             if data.get("diffusion_source") is None:
@@ -189,10 +200,23 @@ class CandidateSpec(BaseModel):
         data = handler(self)
         if isinstance(data, dict) and data.get("reaction_residual", 0) is None:
             del data["reaction_residual"]
+        if isinstance(data, dict) and data.get("reaction_source", 0) is None:
+            del data["reaction_source"]  # likewise without edited reaction code
         return data
 
+    @property
+    def has_edited_code(self) -> bool:
+        """Whether the spec carries agent-edited code (diffusion or reaction source): it is
+        built, trained and evaluated only in the locked-down worker, and never compiled."""
+        return self.diffusion_source is not None or self.reaction_source is not None
+
     def code_hash(self) -> str | None:
-        """SHA-256 of the edited diffusion source, or None for catalog code."""
-        if self.diffusion_source is None:
-            return None
-        return hashlib.sha256(self.diffusion_source.encode()).hexdigest()
+        """SHA-256 of the edited code, or None for catalog code: of the diffusion source alone
+        when only the diffusion is edited (as before reaction edits existed), else of both
+        sources."""
+        if self.reaction_source is None:
+            if self.diffusion_source is None:
+                return None
+            return hashlib.sha256(self.diffusion_source.encode()).hexdigest()
+        both = json.dumps({"diffusion": self.diffusion_source, "reaction": self.reaction_source})
+        return hashlib.sha256(both.encode()).hexdigest()

@@ -455,7 +455,7 @@ def load_model(
         model.refresh_frames = config.conductance_refresh_frames
     # Compile the integrator step only for catalog code: an edited template is trained inside
     # the sandbox, which forbids the compiler's subprocesses and cache writes.
-    model.compile_step = config.compile and spec.diffusion_source is None
+    model.compile_step = config.compile and not spec.has_edited_code
     if state_dict is not None:
         model.load_state_dict(state_dict)
     return model

@@ -59,7 +59,9 @@ read the diagnosis and query_archive -> refine_diffusion / modify_diffusion /
 simplify_diffusion / select_* -> train_candidate ... until the budget is spent; then
 finetune_candidate the best one and evaluate_candidate it. select_reaction(..., residual={...})
 makes a hybrid reaction (catalog model + a small neural residual; its share of the reaction rate
-is reported) for data the catalog does not explain. The prompt 'discover' walks through the
+is reported) for data the catalog does not explain; modify_reaction edits a reaction model's
+code (source at session://{session_id}/reaction/{name}) when the error is in the action
+potential's shape and a residual did not close it. The prompt 'discover' walks through the
 whole loop. Tables for query_archive: sessions, candidates, epochs, steps, evaluations."""
 
 READ_ONLY = ToolAnnotations(
@@ -83,6 +85,7 @@ TOOLS: dict[str, tuple[str, ToolAnnotations]] = {
     "select_diffusion": ("Select a diffusion template", APPEND),
     "refine_diffusion": ("Refine diffusion hyper-parameters", APPEND),
     "modify_diffusion": ("Edit diffusion code", APPEND),
+    "modify_reaction": ("Edit reaction code", APPEND),
     "simplify_diffusion": ("Simplify the diffusion", APPEND),
     "train_candidate": ("Train the draft candidate", APPEND),
     "wait_candidate": ("Wait for a training", READ_ONLY),
@@ -375,6 +378,26 @@ def build_server(
     )
     async def diffusion_template(name: str) -> str:
         return await _resource(_async(service.template_source, name))
+
+    @server.resource(
+        "catalog://reaction/{name}",
+        name="reaction_model_source",
+        description="Python source of a catalog reaction model by catalog name (what "
+        "modify_reaction edits); in a session use session://{session_id}/reaction/{name}",
+        mime_type="text/x-python",
+    )
+    async def reaction_model(name: str) -> str:
+        return await _resource(_async(service.reaction_source, name))
+
+    @server.resource(
+        "session://{session_id}/reaction/{name}",
+        name="session_reaction_source",
+        description="Python source of a reaction model as the session names it (what "
+        "modify_reaction edits; anonymised sessions get it without names)",
+        mime_type="text/x-python",
+    )
+    async def session_reaction(session_id: str, name: str) -> str:
+        return await _resource(service.session_reaction_source(session_id, name))
 
     @server.resource(
         "candidate://{candidate_id}/activation_map.png",

@@ -3,11 +3,18 @@ only when anonymised), diffusion templates with their hyper-parameters, and the 
 
 from __future__ import annotations
 
+import ast
 import inspect
 
 from leads_engine import diffusion as diffusion_catalog
 from leads_engine.diffusion import DiffusionSpecError
-from leads_engine.reactions import REACTION_MODELS, NeuralReaction, ReactionModel
+from leads_engine.reactions import (
+    REACTION_MODELS,
+    NeuralReaction,
+    ReactionModel,
+    catalog_source,
+    resolve_reaction_name,
+)
 from leads_engine.spec import NEURAL_HYPERPARAMETERS as NEURAL_NAMES
 
 from .anonymise import ReactionAliases
@@ -28,7 +35,8 @@ NEURAL_HYPERPARAMETERS = dict(
 OPERATIONS_HELP = {
     "select": "select_reaction / select_diffusion: pick a catalog reaction and diffusion template",
     "refine": "refine_diffusion: change hyper-parameters of a trained candidate's diffusion",
-    "modify": "modify_diffusion: edit the code of a template or of a trained candidate",
+    "modify": "modify_diffusion: edit the code of a template or of a trained candidate; "
+    "modify_reaction: edit the code of a catalog reaction or of a trained candidate's reaction",
     "simplify": "simplify_diffusion: a variant of a trained candidate with fewer parameters",
     "train": "train_candidate: train the draft (one unit of the search budget)",
     "finetune": "finetune_candidate: continue training a candidate (no budget)",
@@ -115,3 +123,48 @@ def template_source(name: str) -> str:
         return diffusion_catalog.template_source(name)
     except DiffusionSpecError as exc:
         raise DiscoveryError(str(exc)) from exc
+
+
+def reaction_source(name: str, aliases: ReactionAliases) -> str:
+    """The Python source of a catalog reaction model (what modify_reaction edits), ``name`` as
+    the session names it. An anonymised session gets it without anything that names the model:
+    no module docstring or comments, the class called ``Reaction`` and named by its alias, and
+    the equations as its docstring (what list_catalogs shows it)."""
+    if aliases.enabled:
+        real = aliases.real(name)
+        if real == name or real not in REACTION_MODELS:
+            choices = ", ".join(n for n in reaction_names(aliases) if n != NeuralReaction.name)
+            raise DiscoveryError(f"no reaction {name!r} in this session; its reactions: {choices}")
+        return _neutral_source(real, name)
+    try:
+        return catalog_source(resolve_reaction_name(name))
+    except ValueError as exc:
+        raise DiscoveryError(str(exc)) from exc
+
+
+def _neutral_source(real: str, shown: str) -> str:
+    """Catalog reaction ``real``'s source with nothing naming it (see :func:`reaction_source`)."""
+    cls = REACTION_MODELS[real]
+    tree = ast.parse(catalog_source(real))
+    body = tree.body[1:] if _is_docstring(tree.body[0]) else tree.body
+    for node in body:
+        if isinstance(node, ast.ClassDef) and node.name == cls.__name__:
+            node.name = "Reaction"
+            statements = node.body[1:] if _is_docstring(node.body[0]) else node.body
+            for statement in statements:
+                if isinstance(statement, ast.Assign) and [
+                    getattr(t, "id", None) for t in statement.targets
+                ] == ["name"]:
+                    statement.value = ast.Constant(shown)
+            doc = ast.Expr(ast.Constant(f"{shown}:\n\n{equations(cls.__doc__ or '')}\n"))
+            node.body = [doc, *statements]
+    tree.body = body
+    return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
+
+
+def _is_docstring(statement: ast.stmt) -> bool:
+    return (
+        isinstance(statement, ast.Expr)
+        and isinstance(statement.value, ast.Constant)
+        and isinstance(statement.value.value, str)
+    )

@@ -1,11 +1,11 @@
-"""Drafts: the five operations that assemble the candidate ``train_candidate`` trains.
+"""Drafts: the six operations that assemble the candidate ``train_candidate`` trains.
 
-``select_reaction``, ``select_diffusion``, ``refine_diffusion``, ``modify_diffusion`` and
-``simplify_diffusion`` each decide one :class:`DraftChange`; :meth:`Drafts._draft` does what
-they share: load the session, resolve the trained parent, apply the change to the draft, record
-the step and reply with the draft (and its parameter count when it is known). A draft's parts are
-checked by the spec's own rules; the whole spec is checked once, when :meth:`Drafts.complete`
-builds it.
+``select_reaction``, ``select_diffusion``, ``refine_diffusion``, ``modify_diffusion``,
+``modify_reaction`` and ``simplify_diffusion`` each decide one :class:`DraftChange`;
+:meth:`Drafts._draft` does what they share: load the session, resolve the trained parent, apply
+the change to the draft, record the step and reply with the draft (and its parameter count when
+it is known). A draft's parts are checked by the spec's own rules; the whole spec is checked
+once, when :meth:`Drafts.complete` builds it.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from .catalog_view import reaction_names
 from .errors import DiscoveryError, checked_diffusion, checked_spec
 from .inputs import (
     ModifyDiffusion,
+    ModifyReaction,
     RefineDiffusion,
     SelectDiffusion,
     SelectReaction,
@@ -89,11 +90,12 @@ class Drafts:
 
     async def _known_count(self, session: DiscoverySession) -> int | None:
         """The draft's parameter count when it is complete catalog code, else None."""
-        if session.draft.diffusion_source is not None:
+        draft = session.draft
+        if draft.diffusion_source is not None or draft.reaction_source is not None:
             return None
         try:
             spec = self.complete(session)
-            if spec.diffusion_source is not None:
+            if spec.has_edited_code:
                 return None
             return await self.runs.parameter_count(spec, session)
         except DiscoveryError:
@@ -126,6 +128,7 @@ class Drafts:
                     "reaction": real,
                     "reaction_hyperparameters": hp,
                     "reaction_residual": residual,
+                    "reaction_source": None,  # the catalog code again
                 },
                 action=action,
                 note=f"draft reaction {what}",
@@ -238,6 +241,81 @@ class Drafts:
             "modify_diffusion", request.session_id, candidate_id if one_thing else None, decide
         )
 
+    async def modify_reaction(self, request: ModifyReaction) -> DraftResult:
+        """Draft = edited code of a trained candidate's or a catalog reaction model (operation
+        ``modify``) once the sandbox accepted it; the draft keeps its diffusion, and the edit
+        the residual of what it edits (the candidate's, or the draft's). A refusal is archived
+        as ``refused``."""
+        candidate_id, shown, source = request.candidate_id, request.reaction, request.source
+        one_thing = (candidate_id is None) != (shown is None)
+        edit = {"candidate_id": candidate_id, "reaction": shown}
+
+        async def decide(session: DiscoverySession, parent: Parent | None) -> DraftChange:
+            if not one_thing:
+                raise DiscoveryError(
+                    "modify_reaction edits one thing: pass either candidate_id (edit that "
+                    "candidate's reaction code) or reaction (edit a catalog reaction's code), "
+                    "not both"
+                )
+            draft = session.draft
+            if parent is not None:
+                real = parent.spec.reaction
+                residual = parent.spec.reaction_residual
+                kept = None if residual is None else residual.model_dump()
+                diffusion = draft.diffusion or parent.spec.diffusion
+            else:
+                assert shown is not None
+                real, _ = _resolved_reaction(session, shown, None)
+                kept, diffusion = draft.reaction_residual, draft.diffusion
+            if real == NeuralReaction.name:
+                raise DiscoveryError(
+                    "'neural' is a network, not code to edit: edit a catalog reaction (or a "
+                    "candidate built on one), or add a residual with select_reaction"
+                )
+            report = await self.runs.check_reaction_edit(source)
+            if not report.accepted:
+                refused = {
+                    "reaction": real,
+                    "reaction_source": source,
+                    "diffusion": diffusion,
+                    "parent_id": candidate_id,
+                    "operation": "modify",
+                    "seed": session.seed,
+                }
+                refused_id = self.runs.record_refusal(session, refused, report.message)
+                self.sessions.record_step(
+                    session,
+                    {"tool": "modify_reaction", **edit},
+                    f"refused ({refused_id}): {report.message}",
+                )
+                raise DiscoveryError(
+                    f"the edited reaction code was refused (archived as {refused_id}, no budget "
+                    f"used): {report.message}\nFix the code and call modify_reaction again."
+                )
+            next_step = (
+                "call train_candidate"
+                if diffusion is not None or session.last_candidate_id
+                else "select a diffusion next"
+            )
+            return DraftChange(
+                fields={
+                    "reaction": real,
+                    "reaction_hyperparameters": {},
+                    "reaction_residual": kept,
+                    "reaction_source": source,
+                    "parent_id": candidate_id if parent is not None else draft.parent_id,
+                    "operation": "modify",
+                },
+                action=edit,
+                note=f"draft modifies the reaction of {candidate_id or shown}: accepted",
+                message=f"the edited reaction code passed the sandbox checks ({report.message});"
+                f" {next_step}",
+            )
+
+        return await self._draft(
+            "modify_reaction", request.session_id, candidate_id if one_thing else None, decide
+        )
+
     async def simplify_diffusion(self, request: SimplifyDiffusion) -> DraftResult:
         """Draft = a variant of the candidate with strictly fewer trainable parameters
         (another template, or the same template with smaller hyper-parameters)."""
@@ -266,6 +344,9 @@ class Drafts:
                     ),
                     "reaction_residual": (
                         draft.reaction_residual if draft.reaction else spec.reaction_residual
+                    ),
+                    "reaction_source": (
+                        draft.reaction_source if draft.reaction else spec.reaction_source
                     ),
                     "diffusion": base,
                     # the spec completes catalog code's hyper-parameters; edited code keeps
@@ -350,7 +431,7 @@ class Drafts:
             )
         spec = self.complete(session)
         self._refuse_duplicate(session, spec)
-        if spec.diffusion_source is not None:
+        if spec.has_edited_code:
             require_sandbox()
         session.draft = Draft()
         self.sessions.save_draft(session)
@@ -471,6 +552,7 @@ def _reaction_part(draft: Draft, reference: CandidateSpec | None) -> dict[str, A
             "reaction": draft.reaction,
             "reaction_hyperparameters": dict(draft.reaction_hyperparameters),
             "reaction_residual": draft.reaction_residual,
+            "reaction_source": draft.reaction_source,
             "reaction_parameters": {},
         }
     assert reference is not None
@@ -478,6 +560,7 @@ def _reaction_part(draft: Draft, reference: CandidateSpec | None) -> dict[str, A
         "reaction": reference.reaction,
         "reaction_hyperparameters": dict(reference.reaction_hyperparameters),
         "reaction_residual": reference.reaction_residual,
+        "reaction_source": reference.reaction_source,
         "reaction_parameters": dict(reference.reaction_parameters),
     }
 

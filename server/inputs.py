@@ -78,6 +78,18 @@ DiffusionSource = Annotated[
         "torch, torch_geometric and math",
     ),
 ]
+ReactionSource = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=50_000,
+        description="complete Python source of the edited reaction model: exactly one class "
+        "deriving from ReactionModel (from leads_engine.reactions.base import ParameterRange, "
+        "ReactionModel, smooth_step) with state_names, resting_state (u first), "
+        "parameter_ranges, time_scale_range and rates(self, u, w, p) -> (du [n, 1], "
+        "dw [r, n, 1]) in the model's time; imports limited to torch and math",
+    ),
+]
 Epochs = Annotated[int, Field(ge=1, le=100, description="training epochs")]
 Split = Literal["train", "val", "test"]
 SqlQuery = Annotated[
@@ -183,6 +195,25 @@ class ModifyDiffusion(ToolInput):
     template: Annotated[str | None, Field(description="or edit this catalog template's code")] = (
         None
     )
+
+
+class ModifyReaction(ToolInput):
+    """Draft = edited reaction code (operation 'modify'), for when the error is in the action
+    potential's shape and a residual did not close it. The code is checked in a sandbox first
+    (rates finite, rest an equilibrium, gradients flow); refused code is archived as a
+    'refused' candidate and returned as an error with the reason, line and traceback. Read the
+    original at session://{session_id}/reaction/{name} (or catalog://reaction/{name}). The
+    draft keeps its diffusion (edited or not) and the residual of what is edited."""
+
+    session_id: SessionId
+    source: ReactionSource
+    candidate_id: Annotated[
+        str | None, Field(description="edit the reaction code of this trained candidate")
+    ] = None
+    reaction: Annotated[
+        str | None,
+        Field(description="or edit this catalog reaction's code (as list_catalogs names it)"),
+    ] = None
 
 
 class SimplifyDiffusion(ToolInput):
@@ -345,6 +376,7 @@ TOOL_INPUTS: dict[str, type[ToolInput]] = {
     "select_diffusion": SelectDiffusion,
     "refine_diffusion": RefineDiffusion,
     "modify_diffusion": ModifyDiffusion,
+    "modify_reaction": ModifyReaction,
     "simplify_diffusion": SimplifyDiffusion,
     "train_candidate": TrainCandidate,
     "query_archive": QueryArchive,

@@ -209,7 +209,7 @@ def _run_job(channel: WorkerChannel, job: Job) -> dict[str, Any]:
     spec = CandidateSpec.model_validate_json(job.spec_json)
     dataset = load_dataset(job.dataset_path) if job.dataset_path else None
     initial_state = _load_state(job.initial_weights)
-    if spec.diffusion_source is not None:
+    if spec.has_edited_code:
         _lock_down(channel, job.epochs)
     if job.kind == "count":
         from leads_engine.hybrid import HybridModel

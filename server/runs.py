@@ -123,7 +123,7 @@ class Runs:
     async def parameter_count(self, spec: CandidateSpec, session: DiscoverySession) -> int:
         """Trainable parameters of ``spec`` on the session's mesh; edited code is counted in a
         sandboxed worker, catalog code in a thread."""
-        if spec.diffusion_source is not None:
+        if spec.has_edited_code:
             require_sandbox()
             try:
                 job = Job(
@@ -157,6 +157,13 @@ class Runs:
             return validate_diffusion_source(source, hyperparameters=hyperparameters)
 
         return await anyio.to_thread.run_sync(validate)
+
+    async def check_reaction_edit(self, source: str) -> ValidationReport:
+        """The sandbox's report on edited reaction code."""
+        require_sandbox()
+        from leads_engine.reaction_trial import validate_reaction_source
+
+        return await anyio.to_thread.run_sync(validate_reaction_source, source)
 
     def record_refusal(
         self, session: DiscoverySession, refused: dict[str, Any], message: str
@@ -402,7 +409,7 @@ class Runs:
         if len(session.dataset.indices(split)) == 0:
             raise DiscoveryError(f"the data set has no {split!r} samples; choose another split")
         spec = self.reads.spec_of(candidate, session)
-        if spec.diffusion_source is not None:
+        if spec.has_edited_code:
             require_sandbox()
         job = self._job(
             "evaluate", spec, session, weights, split=split, timeout_s=self._timeout(session, 1)

@@ -142,6 +142,11 @@ class Tools:
             "modify_diffusion", DraftResult, session_id=session_id, source=source, **arguments
         )
 
+    async def modify_reaction(self, session_id: str, source: str, **arguments: Any) -> DraftResult:
+        return await self.call(
+            "modify_reaction", DraftResult, session_id=session_id, source=source, **arguments
+        )
+
     async def simplify_diffusion(
         self, session_id: str, candidate_id: str, **arguments: Any
     ) -> DraftResult:

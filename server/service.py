@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import catalog_view
+from .anonymise import ReactionAliases
 from .archive import Archive, default_archive_path
 from .drafts import Drafts
 from .errors import DiscoveryError
@@ -28,6 +29,7 @@ from .inputs import (
     GetCandidate,
     ListCatalogs,
     ModifyDiffusion,
+    ModifyReaction,
     QueryArchive,
     RecordStep,
     RefineDiffusion,
@@ -138,6 +140,10 @@ class DiscoveryService:
         """Draft = edited diffusion code, once the sandbox accepted it."""
         return await self.drafts.modify_diffusion(request)
 
+    async def modify_reaction(self, request: ModifyReaction) -> DraftResult:
+        """Draft = edited reaction code, once the sandbox accepted it."""
+        return await self.drafts.modify_reaction(request)
+
     async def simplify_diffusion(self, request: SimplifyDiffusion) -> DraftResult:
         """Draft = a variant of a trained candidate with fewer parameters."""
         return await self.drafts.simplify_diffusion(request)
@@ -181,6 +187,16 @@ class DiscoveryService:
     def template_source(self, name: str) -> str:
         """The Python source of a diffusion template."""
         return catalog_view.template_source(name)
+
+    def reaction_source(self, name: str) -> str:
+        """The Python source of a catalog reaction model (catalog name or short alias)."""
+        return catalog_view.reaction_source(name, ReactionAliases.disabled())
+
+    async def session_reaction_source(self, session_id: str, name: str) -> str:
+        """The source of a catalog reaction as the session names and shows it (anonymised: with
+        nothing that names the model)."""
+        aliases = await self.sessions.aliases(session_id)
+        return catalog_view.reaction_source(name, aliases)
 
     def figure(self, candidate_id: str, name: str) -> bytes:
         """A PNG written by evaluate_candidate."""

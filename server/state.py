@@ -51,6 +51,8 @@ class Draft:
     reaction_hyperparameters: dict[str, int] = field(default_factory=dict)
     #: the hybrid reaction's residual (ResidualSpec fields), None: the catalog model alone
     reaction_residual: dict[str, Any] | None = None
+    #: edited reaction code (modify_reaction) replacing the catalog model ``reaction``
+    reaction_source: str | None = None
     diffusion: str | None = None
     diffusion_hyperparameters: dict[str, Any] = field(default_factory=dict)
     diffusion_source: str | None = None

@@ -42,6 +42,12 @@ ARGUMENTS = {
         "candidate_id": None,
         "template": None,
     },
+    "modify_reaction": {
+        "session_id": REQUIRED,
+        "source": REQUIRED,
+        "candidate_id": None,
+        "reaction": None,
+    },
     "simplify_diffusion": {
         "session_id": REQUIRED,
         "candidate_id": REQUIRED,
@@ -103,6 +109,8 @@ async def test_tools_publish_schemas_and_honest_annotations(client: Client) -> N
     uris = {t.uri_template for t in templates.resource_templates}
     assert uris == {
         "catalog://diffusion/{name}",
+        "catalog://reaction/{name}",
+        "session://{session_id}/reaction/{name}",
         "candidate://{candidate_id}/activation_map.png",
         "candidate://{candidate_id}/training_curves.png",
         "session://{session_id}/summary",

@@ -16,6 +16,7 @@ from .mitchell_schaeffer import MitchellSchaeffer
 from .neural import NeuralReaction
 from .residual import ResidualReaction
 from .rogers_mcculloch import RogersMcCulloch
+from .source import ReactionSourceError, build_edited_reaction, catalog_source, load_reaction_class
 
 REACTION_MODELS: MappingProxyType[str, type[ReactionModel]] = MappingProxyType(
     {
@@ -64,9 +65,13 @@ __all__ = [
     "NeuralReaction",
     "ParameterRange",
     "ReactionModel",
+    "ReactionSourceError",
     "ResidualReaction",
     "RogersMcCulloch",
+    "build_edited_reaction",
     "build_reaction",
+    "catalog_source",
+    "load_reaction_class",
     "resolve_reaction_name",
     "smooth_step",
 ]

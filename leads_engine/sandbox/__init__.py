@@ -1,7 +1,8 @@
 """Sandbox for untrusted code: static rules, OS lock-down and the one process runner.
 
-An LLM agent may edit the source of a diffusion template (``catalogs/diffusion/*.py``). That
-code is untrusted: the server process never imports or executes it. It goes through two layers.
+An LLM agent may edit the source of a diffusion template (``catalogs/diffusion/*.py``) or of a
+reaction model (``leads_engine/reactions/*.py``). That code is untrusted: the server process
+never imports or executes it. It goes through two layers.
 
 1. :mod:`.rules`: static checks (:func:`check_source`, pure ``ast`` analysis, nothing runs),
    each :class:`Violation` naming the line and the rule.
@@ -14,14 +15,22 @@ code is untrusted: the server process never imports or executes it. It goes thro
    names every failure from one table of exit causes (:mod:`.exit_causes`).
 
 The trial run of an edited diffusion source lives next to the diffusion code
-(:mod:`leads_engine.diffusion_trial`); the server's training jobs run through the same runner.
+(:mod:`leads_engine.diffusion_trial`), that of a reaction source in
+:mod:`leads_engine.reaction_trial`; the server's training jobs run through the same runner.
 """
 
 from __future__ import annotations
 
 from .exit_causes import ExitCause, exception_reason, exit_cause, timeout_cause, worker_died
 from .lockdown import LockdownState, SandboxError, SandboxLimits, enter_sandbox, lock_down
-from .rules import EDITED_FILENAME, MAX_SOURCE_CHARS, Violation, check_source
+from .rules import (
+    EDITED_FILENAME,
+    EDITED_REACTION_FILENAME,
+    MAX_SOURCE_CHARS,
+    SourceKind,
+    Violation,
+    check_source,
+)
 from .runner import (
     MAX_MESSAGE_BYTES,
     PRELOAD,
@@ -35,6 +44,7 @@ from .runner import (
 
 __all__ = [
     "EDITED_FILENAME",
+    "EDITED_REACTION_FILENAME",
     "MAX_MESSAGE_BYTES",
     "MAX_SOURCE_CHARS",
     "PRELOAD",
@@ -43,6 +53,7 @@ __all__ = [
     "LockdownState",
     "SandboxError",
     "SandboxLimits",
+    "SourceKind",
     "Violation",
     "Worker",
     "WorkerChannel",

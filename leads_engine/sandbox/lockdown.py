@@ -203,7 +203,7 @@ def _make_audit_hook(workdir: str, state: LockdownState) -> Callable[[str, tuple
             root = name.partition(".")[0]
             allowed = (
                 root in _LAZY_IMPORT_ROOTS
-                or root.startswith("leads_diffusion_")
+                or root.startswith(("leads_diffusion_", "leads_reaction_"))
                 or (root.startswith("_") and root not in _DENIED_PRIVATE_IMPORTS)
             )
             if not allowed:

@@ -1,7 +1,8 @@
-"""Static rules for agent-edited diffusion source: pure ``ast`` analysis, nothing runs.
+"""Static rules for agent-edited source (a diffusion template or a reaction model): pure
+``ast`` analysis, nothing runs.
 
 :func:`check_source` returns the :class:`Violation` list of a source; each names the line and
-one of these rules:
+one of these rules (``kind="reaction"`` differs only where said):
 
 * ``syntax``: the source does not parse (or contains NUL bytes, or nests too deeply).
 * ``too-large``: more than :data:`MAX_SOURCE_CHARS` characters.
@@ -43,11 +44,29 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["EDITED_FILENAME", "MAX_SOURCE_CHARS", "Violation", "check_source"]
+__all__ = [
+    "EDITED_FILENAME",
+    "EDITED_REACTION_FILENAME",
+    "MAX_SOURCE_CHARS",
+    "REACTION_BASE_MODULE",
+    "SourceKind",
+    "Violation",
+    "check_source",
+]
 
 #: The filename given to ``compile()`` for edited source: tracebacks keep only its frames.
 EDITED_FILENAME = "<edited diffusion>"
+#: The same for edited reaction code (any ``<edited ...>`` frame is kept in tracebacks).
+EDITED_REACTION_FILENAME = "<edited reaction>"
+#: What edited code is: a diffusion template or a reaction model.
+SourceKind = Literal["diffusion", "reaction"]
+#: The one engine module reaction code may import from, and the names it may take from it.
+REACTION_BASE_MODULE = "leads_engine.reactions.base"
+REACTION_BASE_NAMES = frozenset({"ParameterRange", "ReactionModel", "smooth_step"})
+#: Calls allowed in a class-body constant of reaction code (with constant arguments).
+REACTION_CONSTANT_CALLS = frozenset({"ParameterRange"})
 MAX_SOURCE_CHARS = 100_000
 
 ALLOWED_IMPORTS = frozenset({"math", "torch", "torch.nn", "torch.nn.functional", "torch.nn.init"})
@@ -162,31 +181,46 @@ def _is_super_init(node: ast.Attribute) -> bool:
     )
 
 
-def _is_constant_expression(node: ast.AST) -> bool:
-    """Literals, names, attribute chains and arithmetic on them: no calls, no comprehensions."""
+def _is_constant_expression(node: ast.AST, calls: frozenset[str] = frozenset()) -> bool:
+    """Literals, names, attribute chains and arithmetic on them: no comprehensions, and no
+    calls except to the plain names in ``calls`` with constant arguments."""
+
+    def constant(item: ast.AST) -> bool:
+        return _is_constant_expression(item, calls)
+
     if isinstance(node, ast.Constant | ast.Name):
         return True
     if isinstance(node, ast.Attribute):
         return _dotted(node) is not None
     if isinstance(node, ast.Tuple | ast.List | ast.Set):
-        return all(_is_constant_expression(e) for e in node.elts)
+        return all(constant(e) for e in node.elts)
     if isinstance(node, ast.Dict):
         return all(
-            k is not None and _is_constant_expression(k) and _is_constant_expression(v)
+            k is not None and constant(k) and constant(v)
             for k, v in zip(node.keys, node.values, strict=True)
         )
     if isinstance(node, ast.UnaryOp):
-        return _is_constant_expression(node.operand)
+        return constant(node.operand)
     if isinstance(node, ast.BinOp):
-        return _is_constant_expression(node.left) and _is_constant_expression(node.right)
+        return constant(node.left) and constant(node.right)
+    if isinstance(node, ast.Call):
+        return (
+            isinstance(node.func, ast.Name)
+            and node.func.id in calls
+            and all(constant(a) and not isinstance(a, ast.Starred) for a in node.args)
+            and all(k.arg is not None and constant(k.value) for k in node.keywords)
+        )
     return False
 
 
 class _Checker:
     """Collects violations of one parsed source (see the module docstring for the rules)."""
 
-    def __init__(self) -> None:
+    def __init__(self, kind: SourceKind = "diffusion") -> None:
         self.violations: list[Violation] = []
+        self.kind = kind
+        #: calls a class-body constant may make (reaction code: its parameter ranges)
+        self.constant_calls = REACTION_CONSTANT_CALLS if kind == "reaction" else frozenset()
 
     def add(self, node: ast.AST | None, rule: str, message: str) -> None:
         self.violations.append(Violation(getattr(node, "lineno", 0) or 0, rule, message))
@@ -197,7 +231,10 @@ class _Checker:
         self._check_top_level(tree)
         for node in ast.walk(tree):
             self._check_node(node, docstrings)
-        self._check_interface(tree)
+        if self.kind == "reaction":
+            self._check_reaction_interface(tree)
+        else:
+            self._check_interface(tree)
 
     @staticmethod
     def _docstring_nodes(tree: ast.Module) -> set[int]:
@@ -244,14 +281,14 @@ class _Checker:
         )
 
     @staticmethod
-    def _is_constant_assignment(stmt: ast.stmt) -> bool:
+    def _is_constant_assignment(stmt: ast.stmt, calls: frozenset[str] = frozenset()) -> bool:
         if isinstance(stmt, ast.Assign):
             return all(isinstance(t, ast.Name) for t in stmt.targets) and _is_constant_expression(
-                stmt.value
+                stmt.value, calls
             )
         if isinstance(stmt, ast.AnnAssign):
             return isinstance(stmt.target, ast.Name) and (
-                stmt.value is None or _is_constant_expression(stmt.value)
+                stmt.value is None or _is_constant_expression(stmt.value, calls)
             )
         return False
 
@@ -265,7 +302,9 @@ class _Checker:
                 continue
             if isinstance(stmt, ast.FunctionDef):
                 self._check_decorators(stmt)
-            elif isinstance(stmt, ast.Pass) or self._is_constant_assignment(stmt):
+            elif isinstance(stmt, ast.Pass) or self._is_constant_assignment(
+                stmt, self.constant_calls
+            ):
                 continue
             else:
                 self.add(
@@ -386,6 +425,16 @@ class _Checker:
         if node.level:
             self.add(node, "import-not-allowed", "relative imports are not allowed")
             return
+        if self.kind == "reaction" and module == REACTION_BASE_MODULE:
+            for alias in node.names:
+                if alias.name not in REACTION_BASE_NAMES or alias.asname is not None:
+                    self.add(
+                        node,
+                        "import-not-allowed",
+                        f"from {module} only {', '.join(sorted(REACTION_BASE_NAMES))} may be "
+                        "imported (without 'as')",
+                    )
+            return
         self._check_import(node, module, None)
         for alias in node.names:
             name = alias.name
@@ -413,7 +462,7 @@ class _Checker:
                 except (SyntaxError, ValueError, RecursionError, MemoryError):
                     self.add(node, "syntax", "string annotation is not a valid expression")
                     continue
-                inner = _Checker()
+                inner = _Checker(self.kind)
                 for sub in ast.walk(parsed):
                     inner._check_node(sub, set())
                 for v in inner.violations:
@@ -465,6 +514,48 @@ class _Checker:
             if name in ("forward", "__init__", "edge_conductance") and method.decorator_list:
                 self.add(method, "interface", f"{name} must be a plain method (no decorators)")
 
+    def _check_reaction_interface(self, tree: ast.Module) -> None:
+        """Exactly one top-level class deriving from ``ReactionModel``, with a plain
+        ``rates(self, u, w, p)``; nothing rebinds the name ``ReactionModel``."""
+        for node in ast.walk(tree):
+            rebinds = (
+                isinstance(node, ast.Name)
+                and node.id == "ReactionModel"
+                and isinstance(node.ctx, ast.Store)
+            ) or (isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name == "ReactionModel")
+            if rebinds:
+                self.add(node, "interface", "the name 'ReactionModel' must not be rebound")
+        models = [
+            s
+            for s in tree.body
+            if isinstance(s, ast.ClassDef) and any(_dotted(b) == "ReactionModel" for b in s.bases)
+        ]
+        if len(models) != 1:
+            found = ", ".join(c.name for c in models) or "none"
+            self.add(
+                models[1] if len(models) > 1 else None,
+                "interface",
+                "the source must define exactly one top-level class deriving from "
+                f"ReactionModel (found: {found}); import it with 'from {REACTION_BASE_MODULE} "
+                "import ParameterRange, ReactionModel'",
+            )
+            return
+        cls = models[0]
+        methods = {s.name: s for s in cls.body if isinstance(s, ast.FunctionDef)}
+        rates = methods.get("rates")
+        if rates is None:
+            self.add(cls, "interface", f"{cls.name} needs rates(self, u, w, p)")
+            return
+        args = [a.arg for a in rates.args.posonlyargs + rates.args.args]
+        if args[:4] != ["self", "u", "w", "p"] or len(args) - 4 > len(rates.args.defaults):
+            self.add(
+                rates,
+                "interface",
+                f"signature must be rates(self, u, w, p), got ({', '.join(args)})",
+            )
+        if rates.decorator_list:
+            self.add(rates, "interface", "rates must be a plain method (no decorators)")
+
     def _check_signature(self, func: ast.FunctionDef, names: tuple[str, ...], want: str) -> None:
         args = func.args
         positional = args.posonlyargs + args.args
@@ -484,8 +575,9 @@ class _Checker:
             )
 
 
-def check_source(source: str) -> list[Violation]:
-    """Static checks of an edited diffusion source; never executes anything.
+def check_source(source: str, kind: SourceKind = "diffusion") -> list[Violation]:
+    """Static checks of an edited diffusion (or, ``kind="reaction"``, reaction) source; never
+    executes anything.
 
     Returns the violations sorted by line (empty when the source may go to the dynamic
     check). See the module docstring for the rules.
@@ -500,7 +592,7 @@ def check_source(source: str) -> list[Violation]:
         return [Violation(exc.lineno or 0, "syntax", f"syntax error: {exc.msg}")]
     except (ValueError, RecursionError, MemoryError) as exc:
         return [Violation(0, "syntax", f"cannot parse the source: {type(exc).__name__}: {exc}")]
-    checker = _Checker()
+    checker = _Checker(kind)
     try:
         checker.check_tree(tree)
     except RecursionError:

@@ -80,6 +80,7 @@ PRELOAD = (
     "leads_engine.training",
     "leads_engine.sandbox",
     "leads_engine.diffusion_trial",
+    "leads_engine.reaction_trial",
 )
 #: Largest message a worker may send (a serialised reply: the biggest catalog model's weights
 #: are ~1 MB).

@@ -39,7 +39,7 @@ def rollout_sample(
     spec = CandidateSpec.model_validate_json(spec_json)
     dataset = load_dataset(dataset_path)
     state = _load_state(weights)
-    if spec.diffusion_source is not None:
+    if spec.has_edited_code:
         _lock_down(channel, 1)
     config = TrainingConfig(compile=False)
     device = config.torch_device()
