@@ -23,6 +23,7 @@ test MSE, and its AT MAE under 1.5 ms.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -76,6 +77,8 @@ BEYOND_METHODS = (
 #: The issue's acceptance targets on out-of-catalog data.
 TARGET_RATIO = 5.0
 TARGET_AT_MAE_MS = 1.5
+#: LEADS' out-of-catalog test MSE at most this many times its in-catalog average
+TARGET_IN_CATALOG_FACTOR = 10.0
 
 
 def _dataset_config(anisotropic: bool, quick: bool) -> DataSetConfig:
@@ -216,14 +219,46 @@ def summarise_beyond(records: list[dict[str, Any]], datasets: list[str]) -> dict
     return table
 
 
-def beyond_checks(table: dict[str, Any], datasets: list[str]) -> list[Check]:
-    """The issue's acceptance targets on out-of-catalog data, for the offline LEADS row."""
+def in_catalog_results(config: BenchConfig) -> Path:
+    """Where the paper table of the same size writes its results: the sibling folder of the
+    default ``beyond_quick`` / ``beyond_full`` (``quick`` / ``full``)."""
+    return config.out.parent / ("quick" if config.quick else "full") / "results.json"
+
+
+def in_catalog_leads_mse(path: Path) -> float | None:
+    """LEADS-offline's average test MSE over the in-catalog sets (AP, RM, MS) of a paper-table
+    run, or None when that run is missing or incomplete."""
+    if not path.is_file():
+        return None
+    try:
+        table = json.loads(path.read_text())["table"]
+        value = table["leads-offline"]["mse_avg"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def beyond_checks(
+    table: dict[str, Any], datasets: list[str], in_catalog_mse: float | None = None
+) -> list[Check]:
+    """The issue's acceptance targets on out-of-catalog data, for the offline LEADS row;
+    ``in_catalog_mse`` (LEADS' in-catalog average, same size) adds the 10x check."""
     checks: list[Check] = []
     leads = table.get("leads-offline", {}).get("per_dataset")
     if not leads or "catalog-best" not in table:
         return checks
     for name in datasets:
         cell = leads[name]
+        if in_catalog_mse is not None:
+            mse = cell["mse"]
+            checks.append(
+                Check(
+                    f"{name}: LEADS-offline's test MSE is within {TARGET_IN_CATALOG_FACTOR:g}x "
+                    f"of its in-catalog average ({in_catalog_mse:.3g})",
+                    mse is not None and mse <= TARGET_IN_CATALOG_FACTOR * in_catalog_mse,
+                    "n/a" if mse is None else f"{mse / in_catalog_mse:.1f}x",
+                )
+            )
         ratio, at = cell["catalog_best_over"], cell["at_mae_ms"]
         checks.append(
             Check(
@@ -327,7 +362,14 @@ def run_beyond(config: BenchConfig, console: Console, command: str) -> Any:
     failures = _execute(todo, paths, config, console) if todo else {}
     records = [r for r in (load_record(out, run) for run in runs) if r is not None]
     table = summarise_beyond(records, datasets)
-    checks = beyond_checks(table, datasets)
+    reference = in_catalog_results(config)
+    in_catalog_mse = in_catalog_leads_mse(reference)
+    if in_catalog_mse is None:
+        console.print(
+            f"no in-catalog LEADS results at {reference}: run leads-bench"
+            f"{' --quick' if config.quick else ''} there to check the 10x target too"
+        )
+    checks = beyond_checks(table, datasets, in_catalog_mse)
     machine = machine_info()
     markdown = beyond_markdown(table, datasets, checks, skipped, machine, command)
     figure = plot_activation_maps(out, runs, paths, list(table))

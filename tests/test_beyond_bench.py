@@ -3,6 +3,8 @@ true reaction, the table next to the paper's and the acceptance checks."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from leads_agent.errors import ConfigurationError
 from leads_bench import beyond
@@ -109,6 +111,24 @@ def test_table_ratio_and_checks():
         [record("catalog-best", 1e-2, 4), record("leads-offline", 5e-3, 2)], ["br"]
     )
     assert [c.passed for c in beyond_checks(worse, ["br"])] == [False, False]
+    # with LEADS' in-catalog average (same size): the 10x check comes first
+    checks = beyond_checks(table, ["br"], in_catalog_mse=2e-4)
+    assert [c.passed for c in checks] == [True, True, True] and checks[0].detail == "5.0x"
+    assert [c.passed for c in beyond_checks(worse, ["br"], 2e-4)] == [False, False, False]
+
+
+def test_the_in_catalog_reference_is_read_from_the_sibling_paper_table(tmp_path):
+    config = BenchConfig(out=tmp_path / "beyond_quick", quick=True, beyond=True)
+    path = beyond.in_catalog_results(config)
+    assert path == tmp_path / "quick" / "results.json"
+    assert beyond.in_catalog_leads_mse(path) is None  # no paper-table run yet
+    path.parent.mkdir()
+    path.write_text(json.dumps({"table": {"leads-offline": {"mse_avg": 4.3e-4}}}))
+    assert beyond.in_catalog_leads_mse(path) == pytest.approx(4.3e-4)
+    path.write_text(json.dumps({"table": {"leads-offline": {"mse_avg": None}}}))
+    assert beyond.in_catalog_leads_mse(path) is None  # an incomplete run checks nothing
+    path.write_text("{not json")
+    assert beyond.in_catalog_leads_mse(path) is None
 
 
 def test_planned_runs_and_the_command_line(tmp_path):
