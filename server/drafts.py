@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
@@ -188,6 +188,26 @@ class Drafts:
 
         return await self._draft("refine_diffusion", request.session_id, candidate_id, decide)
 
+    def _refuse_edit(
+        self,
+        session: DiscoverySession,
+        tool: str,
+        edit: dict[str, Any],
+        refused: dict[str, Any],
+        message: str,
+    ) -> NoReturn:
+        """Archive refused edited code as a 'refused' candidate (no budget used), record the
+        step, and answer the caller with the reason."""
+        refused_id = self.runs.record_refusal(session, refused, message)
+        self.sessions.record_step(
+            session, {"tool": tool, **edit}, f"refused ({refused_id}): {message}"
+        )
+        what = "reaction code" if tool == "modify_reaction" else "code"
+        raise DiscoveryError(
+            f"the edited {what} was refused (archived as {refused_id}, no budget used): "
+            f"{message}\nFix the code and call {tool} again."
+        )
+
     async def modify_diffusion(self, request: ModifyDiffusion) -> DraftResult:
         """Draft = edited code of a candidate's or a template's diffusion (operation
         ``modify``), after the sandbox accepted it with the hyper-parameters it will be trained
@@ -220,16 +240,7 @@ class Drafts:
                     "operation": "modify",
                     "seed": session.seed,
                 }
-                refused_id = self.runs.record_refusal(session, refused, report.message)
-                self.sessions.record_step(
-                    session,
-                    {"tool": "modify_diffusion", **edit},
-                    f"refused ({refused_id}): {report.message}",
-                )
-                raise DiscoveryError(
-                    f"the edited code was refused (archived as {refused_id}, no budget used): "
-                    f"{report.message}\nFix the code and call modify_diffusion again."
-                )
+                self._refuse_edit(session, "modify_diffusion", edit, refused, report.message)
             return DraftChange(
                 fields=_diffusion(base, hp, source, candidate_id, "modify"),
                 action=edit,
@@ -282,16 +293,7 @@ class Drafts:
                     "operation": "modify",
                     "seed": session.seed,
                 }
-                refused_id = self.runs.record_refusal(session, refused, report.message)
-                self.sessions.record_step(
-                    session,
-                    {"tool": "modify_reaction", **edit},
-                    f"refused ({refused_id}): {report.message}",
-                )
-                raise DiscoveryError(
-                    f"the edited reaction code was refused (archived as {refused_id}, no budget "
-                    f"used): {report.message}\nFix the code and call modify_reaction again."
-                )
+                self._refuse_edit(session, "modify_reaction", edit, refused, report.message)
             next_step = (
                 "call train_candidate"
                 if diffusion is not None or session.last_candidate_id
