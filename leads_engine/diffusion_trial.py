@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,7 @@ from .graph import MeshGraph
 from .heart_mesh import make_lv_mesh
 from .sandbox import EDITED_FILENAME, SandboxError, SandboxLimits, Violation, Worker, check_source
 
-__all__ = ["ValidationReport", "dynamic_check", "validate_diffusion_source"]
+__all__ = ["ValidationReport", "dynamic_check", "run_code_trial", "validate_diffusion_source"]
 
 
 @dataclass
@@ -200,13 +201,36 @@ def validate_diffusion_source(
     says why it was refused, with the line, the rule and a traceback trimmed to the edited
     code. Only :class:`SandboxError` with reason ``unsupported`` (no POSIX) propagates.
     """
+    hyperparameters = json.loads(json.dumps(hyperparameters or {}))
+    return run_code_trial(
+        source,
+        "diffusion",
+        dynamic_check,
+        (source, hyperparameters),
+        limits or SandboxLimits(),
+        timeout_s,
+    )
+
+
+def run_code_trial(
+    source: str,
+    kind: str,
+    trial: Callable[..., dict[str, Any]],
+    arguments: tuple[Any, ...],
+    limits: SandboxLimits,
+    timeout_s: float,
+    traceback_in_message: bool = False,
+) -> ValidationReport:
+    """The static rules for ``kind`` code (``check_source``), then ``trial(*arguments)`` in a
+    locked-down worker: the report of either. ``trial`` returns ``accepted``, ``message``,
+    ``rule``, ``line`` and ``parameter_count``; a worker failure (timeout, memory, an exception
+    in the edited code) becomes a refusal with its reason, line and traceback."""
     started = time.perf_counter()
-    limits = limits or SandboxLimits()
 
     def elapsed() -> float:
         return time.perf_counter() - started
 
-    violations = check_source(source)
+    violations = check_source(source, kind)
     if violations:
         listing = "\n".join(f"  {v}" for v in violations[:50])
         return ValidationReport(
@@ -217,45 +241,35 @@ def validate_diffusion_source(
             seconds=elapsed(),
             parameter_count=None,
         )
-    hyperparameters = json.loads(json.dumps(hyperparameters or {}))
     try:
-        outcome = Worker(
-            dynamic_check, (source, hyperparameters), limits=limits, timeout_s=timeout_s
-        ).run()
+        outcome = Worker(trial, arguments, limits=limits, timeout_s=timeout_s).run()
     except SandboxError as exc:
         if exc.reason == "unsupported":
             raise
         hint = _REASON_HINTS.get(exc.reason, "the code raised an exception")
         where = f" at line {exc.line}" if exc.line else ""
-        violation = Violation(exc.line or 0, exc.reason, str(exc))
+        shown = f"\n{exc.traceback}" if traceback_in_message and exc.traceback else ""
         return ValidationReport(
             accepted=False,
-            message=f"refused [{exc.reason}]{where}: {hint}: {exc}",
-            violations=[violation],
+            message=f"refused [{exc.reason}]{where}: {hint}: {exc}{shown}",
+            violations=[Violation(exc.line or 0, exc.reason, str(exc))],
             traceback=exc.traceback,
             seconds=elapsed(),
             parameter_count=None,
             output=exc.output,
         )
     result = outcome.value
-    if not result["accepted"]:
-        line = result.get("line")
-        where = f" at line {line}" if line else ""
-        return ValidationReport(
-            accepted=False,
-            message=f"refused [{result['rule']}]{where}: {result['message']}",
-            violations=[Violation(line or 0, result["rule"], result["message"])],
-            traceback=None,
-            seconds=elapsed(),
-            parameter_count=result.get("parameter_count"),
-            protections=outcome.protections,
-        )
+    accepted = bool(result["accepted"])
+    line = result.get("line")
+    where = f" at line {line}" if line else ""
     return ValidationReport(
-        accepted=True,
-        message=result["message"],
-        violations=[],
+        accepted=accepted,
+        message=result["message"]
+        if accepted
+        else f"refused [{result['rule']}]{where}: {result['message']}",
+        violations=[] if accepted else [Violation(line or 0, result["rule"], result["message"])],
         traceback=None,
         seconds=elapsed(),
-        parameter_count=result["parameter_count"],
+        parameter_count=result.get("parameter_count"),
         protections=outcome.protections,
     )

@@ -34,16 +34,12 @@ from typing import Any
 
 import torch
 
-from .diffusion_trial import _REASON_HINTS, ValidationReport
+from .diffusion_trial import ValidationReport, run_code_trial
 from .integrator import FluxOperatorLayout, SegmentPlan, integrate_segment
 from .reactions import ParameterRange, ReactionModel, ReactionSourceError, load_reaction_class
 from .sandbox import (
     EDITED_REACTION_FILENAME,
-    SandboxError,
     SandboxLimits,
-    Violation,
-    Worker,
-    check_source,
 )
 
 __all__ = [
@@ -290,53 +286,12 @@ def validate_reaction_source(
     line and a traceback trimmed to the edited code. Only :class:`SandboxError` with reason
     ``unsupported`` (no POSIX) propagates.
     """
-    started = time.perf_counter()
-
-    def elapsed() -> float:
-        return time.perf_counter() - started
-
-    violations = check_source(source, "reaction")
-    if violations:
-        listing = "\n".join(f"  {v}" for v in violations[:50])
-        return ValidationReport(
-            accepted=False,
-            message=f"refused by the static checks ({len(violations)} problem(s)):\n{listing}",
-            violations=violations,
-            traceback=None,
-            seconds=elapsed(),
-            parameter_count=None,
-        )
-    try:
-        outcome = Worker(
-            dynamic_check, (source,), limits=limits or SandboxLimits(), timeout_s=timeout_s
-        ).run()
-    except SandboxError as exc:
-        if exc.reason == "unsupported":
-            raise
-        hint = _REASON_HINTS.get(exc.reason, "the code raised an exception")
-        where = f" at line {exc.line}" if exc.line else ""
-        traceback = f"\n{exc.traceback}" if exc.traceback else ""
-        return ValidationReport(
-            accepted=False,
-            message=f"refused [{exc.reason}]{where}: {hint}: {exc}{traceback}",
-            violations=[Violation(exc.line or 0, exc.reason, str(exc))],
-            traceback=exc.traceback,
-            seconds=elapsed(),
-            parameter_count=None,
-            output=exc.output,
-        )
-    result = outcome.value
-    accepted = bool(result["accepted"])
-    line = result.get("line")
-    where = f" at line {line}" if line else ""
-    return ValidationReport(
-        accepted=accepted,
-        message=result["message"]
-        if accepted
-        else f"refused [{result['rule']}]{where}: {result['message']}",
-        violations=[] if accepted else [Violation(line or 0, result["rule"], result["message"])],
-        traceback=None,
-        seconds=elapsed(),
-        parameter_count=result.get("parameter_count"),
-        protections=outcome.protections,
+    return run_code_trial(
+        source,
+        "reaction",
+        dynamic_check,
+        (source,),
+        limits or SandboxLimits(),
+        timeout_s,
+        traceback_in_message=True,
     )
