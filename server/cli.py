@@ -84,8 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--job-timeout-floor",
         type=_positive,
         default=os.environ.get(TIMEOUT_FLOOR_ENV, "300"),
-        help="the least wall-clock limit of a job, in seconds; default 300 or "
-        f"${TIMEOUT_FLOOR_ENV}",
+        help="the least wall-clock limit of a job of up to 3 epochs, in seconds (longer jobs: "
+        f"that much per 3 epochs); default 300 or ${TIMEOUT_FLOOR_ENV}",
     )
     _executor_arguments(parser)
     return parser.parse_args(argv)

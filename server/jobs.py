@@ -74,6 +74,8 @@ class Job:
 TRAINING_NODE_STEPS_PER_SECOND = 5e5
 #: Euler steps per data set frame when training (5 sub-steps of 0.4 ms per 2 ms frame).
 STEPS_PER_FRAME = 5
+#: the floor of a job's limit covers this many epochs (a search candidate's default)
+FLOOR_EPOCHS = 3
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,12 @@ class JobLimits:
 
     A job may run ``factor`` times its expected duration: the expected seconds per epoch of a
     data set (its train and val trajectories times nodes times Euler steps, at
-    :data:`TRAINING_NODE_STEPS_PER_SECOND`) times the epochs, never less than ``floor_s``.
-    Worker start-up (fork, imports, lock-down) has the runner's own limit and is not counted."""
+    :data:`TRAINING_NODE_STEPS_PER_SECOND`) times the epochs, never less than ``floor_s`` per
+    :data:`FLOOR_EPOCHS` epochs. The floor grows with the epochs because on small sets the
+    estimate misses a step's fixed cost (dispatch, a hybrid reaction's network at every
+    sub-step): a 12-epoch residual candidate on the 300-node quick set ran past a fixed 300 s on
+    a busy machine. Worker start-up (fork, imports, lock-down) has the runner's own limit and is
+    not counted."""
 
     factor: float = 10.0
     floor_s: float = 300.0
@@ -101,8 +107,10 @@ class JobLimits:
 
     def seconds(self, dataset: Any, epochs: int) -> float:
         """The wall-clock limit of a job of ``epochs`` epochs (an evaluation counts as one)."""
-        expected = self.epoch_seconds(dataset) * max(1, epochs)
-        return float(math.ceil(max(self.floor_s, self.factor * expected)))
+        epochs = max(1, epochs)
+        expected = self.epoch_seconds(dataset) * epochs
+        floor = self.floor_s * max(1.0, epochs / FLOOR_EPOCHS)
+        return float(math.ceil(max(floor, self.factor * expected)))
 
 
 def sandbox_available() -> bool:

@@ -164,6 +164,8 @@ def test_job_limits_scale_with_the_data_set_and_the_epochs(dataset_path: str) ->
     expected = JobLimits.epoch_seconds(tiny)
     assert 0 < expected < 1  # 3 beats x 200 nodes x 20 frames x 5 steps
     assert JobLimits().seconds(tiny, 3) == 300  # the floor
+    assert JobLimits().seconds(tiny, 1) == 300
+    assert JobLimits().seconds(tiny, 12) == 1200  # the floor covers 3 epochs
     tight = JobLimits(factor=5, floor_s=1e-3)
     assert tight.seconds(tiny, 10) >= 5 * 10 * expected
     assert tight.seconds(tiny, 20) >= 2 * tight.seconds(tiny, 10) - 1
