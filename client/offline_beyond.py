@@ -105,7 +105,10 @@ def beyond_plan(state: SearchState, reaction: str, plan_type: type[Plan]) -> lis
         epochs_factor=RESIDUAL_EPOCHS_FACTOR,
     )
     plans = [residual_plan]
-    if anisotropy_available(state):
+    # the plans carry the template's defaults as {}, which the archive resolves: a tried
+    # anisotropic structure is recognised by its template and residual, not by that key
+    plain_anisotropic = _tried(trained, ANISOTROPIC, residual=False)
+    if anisotropy_available(state) and not plain_anisotropic:
         plans.append(
             plan_type(
                 reaction,
@@ -116,6 +119,7 @@ def beyond_plan(state: SearchState, reaction: str, plan_type: type[Plan]) -> lis
                 "along and across the fibres).",
             )
         )
+    if anisotropy_available(state) and not _tried(trained, ANISOTROPIC, residual=True):
         hybrid = [c for c in trained if c.residual]
         best_hybrid = min(hybrid, key=lambda c: c.val_loss or math.inf, default=None)
         if best_hybrid is not None and (best_hybrid.val_loss or math.inf) < (
@@ -134,9 +138,17 @@ def beyond_plan(state: SearchState, reaction: str, plan_type: type[Plan]) -> lis
                     epochs_factor=RESIDUAL_EPOCHS_FACTOR,
                 )
             )
-        if _LACKS_DIFFUSION.search(best.diagnosis or ""):
-            plans.insert(0, plans.pop(1))  # the error points to the diffusion: anisotropy first
+    if len(plans) > 1 and _LACKS_DIFFUSION.search(best.diagnosis or ""):
+        plans.insert(0, plans.pop(1))  # the error points to the diffusion: anisotropy first
     return plans
+
+
+def _tried(trained: list[Candidate], template: str, residual: bool) -> bool:
+    """Whether one of ``trained`` (one reaction's candidates) already uses ``template`` with
+    (or without) a residual and the template's own code."""
+    return any(
+        c.diffusion == template and bool(c.residual) == residual and not c.edited for c in trained
+    )
 
 
 def anisotropy_available(state: SearchState) -> bool:

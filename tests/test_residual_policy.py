@@ -96,6 +96,31 @@ def test_anisotropic_template_follows_and_combines_with_a_helpful_residual():
     assert "residual helped" in plan.thought
 
 
+def test_a_tried_anisotropic_template_with_resolved_defaults_is_not_proposed_again():
+    """As in the archive: the anisotropic candidate carries its resolved hyper-parameters and
+    has become the best catalog structure; the next plan is the combination, not a duplicate."""
+    search = state(explored(0.85))
+    search.templates.append("laplacian_anisotropic")
+    search.template_families["laplacian_anisotropic"] = "physical"
+    hybrid = cand(13, "reaction_B", "laplacian_nodewise", 0.004, verdict="underfitting")
+    hybrid.residual = dict(DEFAULT_RESIDUAL)
+    search.candidates.append(_explaining(hybrid, 0.9))
+    resolved = {"conductivity": 1.0, "anisotropy": 1.0}
+    aniso = cand(14, "reaction_B", "laplacian_anisotropic", 0.006, hyper=resolved)
+    search.candidates.append(_explaining(aniso, 0.88))
+    search.step += 2
+    plan = plan_step(search)
+    assert plan is not None
+    assert (plan.template, plan.residual) == ("laplacian_anisotropic", DEFAULT_RESIDUAL)
+    combo = cand(15, "reaction_B", "laplacian_anisotropic", 0.003, hyper=resolved)
+    combo.residual = dict(DEFAULT_RESIDUAL)
+    search.candidates.append(_explaining(combo, 0.93))
+    search.step += 1
+    plan = plan_step(search)
+    # no duplicate select of either anisotropic structure (what follows acts on the diagnosis)
+    assert plan is None or plan.operation != "select"
+
+
 def test_a_diagnosis_pointing_at_the_diffusion_tries_anisotropy_first():
     search = state(explored(0.85, "the catalog may lack the right diffusion (anisotropy?)"))
     search.templates.append("laplacian_anisotropic")
