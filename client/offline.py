@@ -45,13 +45,19 @@ from .offline_beyond import beyond_plan, is_refused_anisotropy
 from .policy import ToolEnv, Usage
 from .state import NOT_TRAINED, Candidate, Decision, SearchState, ToolCall
 
-__all__ = ["OfflinePolicy", "Plan", "detect_edits", "plan_step"]
+__all__ = ["INDEPENDENT_RULES", "RULES", "OfflinePolicy", "Plan", "detect_edits", "plan_step"]
 
 SCREEN_DIFFUSION = "laplacian_global"
 DIFFUSION_AGENDA = ("laplacian_nodewise", "gcn", "gat")
 NEURAL_ORDER = ("gcn", "gat", "graphsage", "edge_mlp", "chebyshev", "gatv2", "graph_transformer")
 PHYSICAL = ("mean_aggregation", "laplacian_global", "laplacian_nodewise")
 OVERFIT_GAP = 0.5
+#: The rules in the order they are tried (rule 6, no repeats, applies inside each).
+RULES = ("screening", "instability", "agenda", "beyond", "diagnosis", "fallback")
+#: Rules whose successive plans do not depend on one another's results: while a placeholder
+#: (a candidate still training) stands for each earlier plan, the next plan is the one the rules
+#: make once it has trained, so these steps may be decided together and trained at once.
+INDEPENDENT_RULES = ("screening", "agenda")
 CAPACITY_KEYS = ("hidden", "layers", "mlp_layers", "heads", "K")
 
 
@@ -82,6 +88,8 @@ class Plan:
     edit: str | None = None
     #: a neural residual on the reaction (select_reaction's ``residual``)
     residual: dict[str, Any] | None = None
+    #: the rule that decided it (:data:`RULES`); set by :func:`plan_step`
+    rule: str = ""
 
     def reaction_residual(self) -> dict[str, Any] | None:
         """The residual the candidate will have: this plan's, else a derived candidate keeps its
@@ -494,18 +502,20 @@ class _Planner:
     def plan(self) -> Plan | None:
         screening = self.screening_plan()
         if screening:
+            screening.rule = "screening"
             return screening
         reaction, _ = self.best_reaction()
-        rules = (
-            self.instability_plan,
-            self.agenda_plan,
-            self.beyond_catalog_plan,
-            self.diagnosis_plan,
-            self.fallback,
-        )
-        for rule in rules:
+        rules = {
+            "instability": self.instability_plan,
+            "agenda": self.agenda_plan,
+            "beyond": self.beyond_catalog_plan,
+            "diagnosis": self.diagnosis_plan,
+            "fallback": self.fallback,
+        }
+        for name, rule in rules.items():
             plan = rule(reaction)
             if plan is not None:
+                plan.rule = name
                 return plan
         return None
 
