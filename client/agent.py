@@ -19,6 +19,7 @@ from .home import leads_home
 from .llm import is_duplicate_refusal
 from .policy import Policy
 from .run_result import RunConfig, RunResult, StepRecord
+from .speculation import run_pipeline
 from .state import NOT_TRAINED, Candidate, Decision, SearchState, ToolCall, rows_to_dicts
 
 __all__ = [
@@ -90,6 +91,9 @@ class SearchRun:
         self.record_on_server = conn.has_tool("record_step")
         self.refusals = 0  # steps whose action the server refused (no candidate trained)
         self.duplicates = 0  # trainings refused as duplicates of an earlier candidate
+        #: guesses of the next step trained ahead and cancelled (.speculation): not candidates
+        #: of the search (the server gave their budget back)
+        self.discarded: set[str] = set()
 
     # ------------------------------------------------------------------ archive reading
 
@@ -141,7 +145,11 @@ class SearchRun:
             f"JOIN candidates c ON e.candidate_id = c.candidate_id WHERE c.session_id = {sid} "
             "ORDER BY e.candidate_id, e.epoch"
         )
-        candidates = [Candidate.from_row(row) for row in rows]
+        candidates = [
+            Candidate.from_row(row)
+            for row in rows
+            if str(row.get("candidate_id")) not in self.discarded
+        ]
         by_id = {c.candidate_id: c for c in candidates}
         for row in epochs:
             candidate = by_id.get(str(row.get("candidate_id")))
@@ -469,6 +477,32 @@ class SearchRun:
         return best, finetuned, data
 
 
+async def take_steps(run: SearchRun, first: int) -> bool:
+    """The search's steps from step ``first`` to the budget (or ``config.max_steps`` new ones);
+    True when the policy stopped the search."""
+    config = run.config
+    new_steps = 0
+    number = first
+    while number <= config.budget:
+        left = config.budget - number + 1
+        if config.max_steps is not None:
+            left = min(left, config.max_steps - new_steps)
+        if left <= 0:
+            break
+        # independent candidates (the reaction screening, the diffusion agenda) train together,
+        # one step each; after them each next step is guessed and trained meanwhile
+        taken = await run_batch(run, number, min(left, config.parallel))
+        if not taken:
+            taken = await run_pipeline(run, number, left)
+        if not taken:
+            if not await run.step(number):
+                return True
+            taken = 1
+        number += taken
+        new_steps += taken
+    return False
+
+
 async def run_search(
     conn: ServerConnection, policy: Policy, config: RunConfig, view: RunView
 ) -> RunResult:
@@ -497,24 +531,7 @@ async def run_search(
     done = run.steps_done(candidates)
     if done and config.resume:
         view.message(f"resuming {run.session_id}: {done} of {config.budget} steps done")
-    new_steps = 0
-    stopped = False
-    number = done + 1
-    while number <= config.budget:
-        left = config.budget - number + 1
-        if config.max_steps is not None:
-            left = min(left, config.max_steps - new_steps)
-        if left <= 0:
-            break
-        # independent candidates (the reaction screening) train together, one step each
-        taken = await run_batch(run, number, min(left, config.parallel))
-        if not taken:
-            if not await run.step(number):
-                stopped = True
-                break
-            taken = 1
-        number += taken
-        new_steps += taken
+    stopped = await take_steps(run, done + 1)
     candidates = await run.read_candidates()
     view.candidates(candidates)
     completed = stopped or run.steps_done(candidates) >= config.budget

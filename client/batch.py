@@ -24,8 +24,8 @@ Same outcome as one step at a time: once the batch has trained, each step's thou
 again by the rules on the archive as a step-by-step search would have seen it (the results of
 the batch's earlier steps instead of placeholders: "so far ..." rankings, the best validation
 loss), and its action is checked to be the one the rules choose there. It is, unless an earlier
-agenda candidate ended ``unstable`` or ``failed`` (the rules would then have handled that
-first): the step's thought says so, and the next ordinary step acts on the last result.
+agenda candidate ended ``unstable`` or ``failed`` and the rules would have handled that first:
+then the step's thought says so, and the search goes on from the archive as it is.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ async def _start(run: SearchRun, decision: Decision) -> str | None:
     return str(candidate_id) if candidate_id else None
 
 
-async def _wait(
+async def wait_training(
     run: SearchRun, candidate_id: str, fractions: dict[str, float], total: float
 ) -> ToolResult:
     """Poll ``wait_candidate`` until the training ends; its result as train_candidate gives it."""
@@ -201,7 +201,7 @@ async def run_batch(run: SearchRun, number: int, limit: int) -> int:
     run.view.training(f"steps {number}-{last} (batch of {len(started)})", int(total))
     fractions = {candidate_id: 0.0 for _, _, candidate_id in started}
     results = await asyncio.gather(
-        *(_wait(run, candidate_id, fractions, total) for _, _, candidate_id in started)
+        *(wait_training(run, candidate_id, fractions, total) for _, _, candidate_id in started)
     )
     for (_, _, candidate_id), result in zip(started, results, strict=True):
         reaction = result.as_dict().get("reaction")
@@ -215,7 +215,7 @@ async def run_batch(run: SearchRun, number: int, limit: int) -> int:
         seen = dataclasses.replace(
             state, step=number + index, candidates=[*state.candidates, *earlier]
         )
-        decision = _as_decided_on(seen, step_state, decision, run.policy)
+        decision = as_decided_on(seen, step_state, decision, run.policy)
         observation = run.describe_training(_step_by_step(result, len(started) - 1 - index))
         await run.finish_step(number + index, seen, decision, observation, candidate_id)
         if candidate_id in archived:
@@ -233,7 +233,7 @@ def _step_by_step(result: ToolResult, later: int) -> ToolResult:
     return ToolResult(ok=True, data={**data, "budget_left": left + later})
 
 
-def _as_decided_on(
+def as_decided_on(
     seen: SearchState, decided: SearchState, decision: Decision, policy: OfflinePolicy
 ) -> Decision:
     """The batched decision with the thought the rules write on ``seen`` (the archive with the

@@ -118,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--parallel",
         type=_at_least_one,
         default=8,
-        help="most screening candidates the offline policy trains at once, as the server's job "
-        "slots allow (8; 1: one candidate at a time)",
+        help="most candidates the offline policy trains at once, as the server's job slots "
+        "allow: the screening, the diffusion agenda, a guess of the next step "
+        "(8; 1: one at a time)",
     )
     baseline = sub.add_parser("baseline", help="a paper baseline through the same tools")
     baseline.add_argument("--method", choices=BASELINES, required=True)

@@ -54,9 +54,10 @@ PHYSICAL = ("mean_aggregation", "laplacian_global", "laplacian_nodewise")
 OVERFIT_GAP = 0.5
 #: The rules in the order they are tried (rule 6, no repeats, applies inside each).
 RULES = ("screening", "instability", "agenda", "beyond", "diagnosis", "fallback")
-#: Rules whose successive plans do not depend on one another's results: while a placeholder
-#: (a candidate still training) stands for each earlier plan, the next plan is the one the rules
-#: make once it has trained, so these steps may be decided together and trained at once.
+#: Rules whose successive plans do not depend on one another's results: with a placeholder (a
+#: candidate still training) for each earlier plan, the next plan is the one the rules make once
+#: it has trained (for the agenda: unless it ends unstable, which rule 3 handles first), so these
+#: steps may be decided together and trained at once (:mod:`.batch`).
 INDEPENDENT_RULES = ("screening", "agenda")
 CAPACITY_KEYS = ("hidden", "layers", "mlp_layers", "heads", "K")
 

@@ -30,8 +30,9 @@ class RunConfig:
     reactions: list[str] | None = None
     use_true_reaction: bool = False
     label: str = "discover"
-    #: most steps whose candidates train at once (the offline policy's reaction screening);
-    #: 1 trains one candidate per step as before
+    #: most steps whose candidates train at once (the offline policy's reaction screening and
+    #: diffusion agenda; 2 or more also trains a guess of its next step meanwhile); 1 trains one
+    #: candidate per step as before
     parallel: int = 8
 
 

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from leads_agent.batch import _as_decided_on, _expected_cost, propose_batch
+from leads_agent.batch import _expected_cost, as_decided_on, propose_batch
 from leads_agent.offline import OfflinePolicy, plan_step
 from leads_agent.state import Candidate, SearchState
 from server_calls import save_tiny
@@ -128,14 +128,14 @@ async def test_a_batched_step_gets_the_thought_a_step_by_step_search_writes() ->
     # step 6 (gcn) as a step-by-step search sees it: the nodewise result is in the archive
     seen = dataclasses.replace(base, step=6, candidates=[*screening(), nodewise])
     decided, decision = batch[1]
-    again = _as_decided_on(seen, decided, decision, policy)
+    again = as_decided_on(seen, decided, decision, policy)
     assert "(val 0.1)" in decision.thought  # decided on placeholders: the screening's best
     assert "(val 0.04)" in again.thought and again.thought == plan_step(seen).thought
     assert again.calls == decision.calls
     # a nodewise that diverged: the rules would have simplified it first; the thought says so
     broken = Candidate("c-5", "select", "reaction_B", "laplacian_nodewise", "unstable")
     seen = dataclasses.replace(base, step=6, candidates=[*screening(), broken])
-    told = _as_decided_on(seen, decided, decision, policy)
+    told = as_decided_on(seen, decided, decision, policy)
     assert told.thought.startswith(decision.thought)
     assert "the rules would have chosen instead" in told.thought and "unstable" in told.thought
 
