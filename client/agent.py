@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from .batch import run_batch
+from .batch import epochs_for, run_batch
 from .connection import ServerConnection, ToolResult
 from .errors import AgentError
 from .home import leads_home
@@ -401,7 +401,7 @@ class SearchRun:
             result = await self.train(
                 f"step {number}",
                 "train_candidate",
-                {"session_id": self.session_id, "epochs": self.config.epochs},
+                {"session_id": self.session_id, "epochs": epochs_for(self, state)},
             )
             text = result.text or str(result.data)
             if not result.ok and is_duplicate_refusal(text):

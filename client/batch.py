@@ -134,14 +134,25 @@ def _expected_cost(decision: Decision) -> float:
     return reaction * DIFFUSION_COST.get(str(arguments.get("template")), 2.5)
 
 
-async def _start(run: SearchRun, decision: Decision) -> str | None:
+def epochs_for(run: SearchRun, state: SearchState) -> int:
+    """Epochs of the step decided on ``state``: ``config.screening_epochs`` for a screening
+    candidate of the offline policy when set (a shorter screening), else ``config.epochs``."""
+    short = getattr(run.config, "screening_epochs", None)
+    policy = run.policy
+    if short and isinstance(policy, OfflinePolicy):
+        plan = plan_step(state, frozenset(policy.refused))
+        if plan is not None and plan.rule == "screening":
+            return int(short)
+    return int(run.config.epochs)
+
+
+async def _start(run: SearchRun, decision: Decision, epochs: int) -> str | None:
     """Set up the decision's candidate and start its training; its id, or None when the
     server refused a call (nothing was trained)."""
     if await run.execute(decision.calls) is not None:
         return None
     started = await run.conn.call(
-        "train_candidate",
-        {"session_id": run.session_id, "epochs": run.config.epochs, "wait": False},
+        "train_candidate", {"session_id": run.session_id, "epochs": epochs, "wait": False}
     )
     candidate_id = started.as_dict().get("candidate_id") if started.ok else None
     return str(candidate_id) if candidate_id else None
@@ -182,7 +193,8 @@ async def run_batch(run: SearchRun, number: int, limit: int) -> int:
     order = sorted(range(len(proposals)), key=lambda i: -_expected_cost(proposals[i][1]))
     ids: dict[int, str] = {}
     for index in order:
-        candidate_id = await _start(run, proposals[index][1])
+        step_state, decision = proposals[index]
+        candidate_id = await _start(run, decision, epochs_for(run, step_state))
         if candidate_id is None:  # refused: a later step takes this decision again
             break
         ids[index] = candidate_id

@@ -34,6 +34,8 @@ class RunConfig:
     #: diffusion agenda; 2 or more also trains a guess of its next step meanwhile); 1 trains one
     #: candidate per step as before
     parallel: int = 8
+    #: epochs of the offline policy's screening candidates (None: ``epochs``, as every step)
+    screening_epochs: int | None = None
 
 
 @dataclass

@@ -203,3 +203,17 @@ def test_batched_search_has_the_step_by_step_outcome(
     assert fits(batched) == fits(sequential)
     assert batched.best.diffusion == sequential.best.diffusion
     assert batched.evaluation["mse"] == pytest.approx(sequential.evaluation["mse"], rel=1e-9)
+
+
+def test_a_shorter_screening_trains_only_the_screening_candidates_shorter() -> None:
+    from leads_agent.batch import epochs_for
+
+    short = SimpleNamespace(policy=OfflinePolicy(), config=SimpleNamespace(epochs=3))
+    short.config.screening_epochs = 1
+    assert epochs_for(short, state([])) == 1  # a screening candidate
+    assert epochs_for(short, state(screening()[:3])) == 1
+    assert epochs_for(short, state(screening())) == 3  # the agenda after it
+    full = SimpleNamespace(policy=OfflinePolicy(), config=SimpleNamespace(epochs=3))
+    assert epochs_for(full, state([])) == 3  # unset: every step has the run's epochs
+    llm = SimpleNamespace(policy=SimpleNamespace(refused=set()), config=short.config)
+    assert epochs_for(llm, state([])) == 3  # only the offline policy screens
