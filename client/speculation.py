@@ -30,7 +30,7 @@ import contextlib
 import dataclasses
 from typing import TYPE_CHECKING
 
-from .batch import as_decided_on, wait_training
+from .batch import as_decided_on, epochs_for, wait_training
 from .connection import ToolResult
 from .offline import OfflinePolicy, Plan, plan_step
 from .state import Candidate, Decision, SearchState
@@ -102,9 +102,9 @@ async def _launch(run: SearchRun, number: int, state: SearchState) -> Flight | N
     decision = await policy.next_action(state, run.conn)
     if decision.stop or not decision.calls or await run.execute(decision.calls) is not None:
         return None
+    epochs = epochs_for(run, state)
     started = await run.conn.call(
-        "train_candidate",
-        {"session_id": run.session_id, "epochs": run.config.epochs, "wait": False},
+        "train_candidate", {"session_id": run.session_id, "epochs": epochs, "wait": False}
     )
     data = started.as_dict()
     candidate_id = data.get("candidate_id") if started.ok else None
@@ -112,8 +112,7 @@ async def _launch(run: SearchRun, number: int, state: SearchState) -> Flight | N
         return None
     left = data.get("budget_left")
     fractions: dict[str, float] = {str(candidate_id): 0.0}
-    total = float(run.config.epochs)
-    waiting = asyncio.ensure_future(wait_training(run, str(candidate_id), fractions, total))
+    waiting = asyncio.ensure_future(wait_training(run, str(candidate_id), fractions, epochs))
     return Flight(
         number,
         state,
