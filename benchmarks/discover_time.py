@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+_TRAINED = re.compile(r"candidate (\S+) \(")
 #: the offline policy's phases by the step that ends them, for the default budget of 15
 PHASES = (("screening", 6), ("agenda", 9), ("diagnosis", 15))
 
@@ -59,8 +61,10 @@ def read_trainings(archive: Path, session_id: str | None = None) -> list[dict[st
             "WHERE session_id = ? ORDER BY created_at",
             [session_id],
         ).fetchall()
-        steps = con.execute(
-            "SELECT step, action FROM steps WHERE session_id = ?", [session_id]
+        steps = con.execute(  # the agent's steps (the rows with a thought), in order
+            "SELECT observation FROM steps WHERE session_id = ? AND thought IS NOT NULL "
+            "ORDER BY step",
+            [session_id],
         ).fetchall()
         evaluations = con.execute(
             "SELECT e.created_at FROM evaluations e JOIN candidates c "
@@ -68,10 +72,10 @@ def read_trainings(archive: Path, session_id: str | None = None) -> list[dict[st
             [session_id],
         ).fetchall()
     step_of = {}
-    for step, action in steps:
-        candidate_id = json.loads(action).get("candidate_id") if action else None
-        if candidate_id:
-            step_of[candidate_id] = step
+    for step, (observation,) in enumerate(steps, start=1):
+        found = _TRAINED.match(observation or "")  # "candidate <id> (<reaction> + ..."
+        if found:
+            step_of[found.group(1)] = step
     trainings = [
         {
             "operation": r[1],
