@@ -6,6 +6,8 @@ Everything goes through the server's tools: the loop never touches the engine.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import math
 import time
@@ -94,6 +96,9 @@ class SearchRun:
         #: guesses of the next step trained ahead and cancelled (.speculation): not candidates
         #: of the search (the server gave their budget back)
         self.discarded: set[str] = set()
+        #: a fine-tuning started while the last step trained (.speculation): the candidate it
+        #: fine-tunes and the call; used when that candidate is still the best at the end
+        self.finetune_ahead: tuple[str, asyncio.Future[ToolResult]] | None = None
 
     # ------------------------------------------------------------------ archive reading
 
@@ -435,6 +440,32 @@ class SearchRun:
 
     # ------------------------------------------------------------------ end game
 
+    async def finetune(self, candidate_id: str) -> ToolResult:
+        """Fine-tune the best candidate: the fine-tuning started with the last step when it is
+        of this candidate, else a new one (a fine-tuning of another candidate is cancelled, and
+        its copy is left out of the search like a cancelled guess)."""
+        ahead, self.finetune_ahead = self.finetune_ahead, None
+        if ahead is not None:
+            started_for, call = ahead
+            if started_for == candidate_id:
+                self.view.training("fine-tuning (started with the last step)", 1)
+                return await call
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await call
+            for copy in await self.read_candidates():
+                if copy.operation == "finetune" and copy.parent_id == started_for:
+                    self.discarded.add(copy.candidate_id)
+        return await self.train(
+            "fine-tuning",
+            "finetune_candidate",
+            {
+                "session_id": self.session_id,
+                "candidate_id": candidate_id,
+                "epochs": self.config.finetune,
+            },
+        )
+
     async def finish(
         self, candidates: list[Candidate]
     ) -> tuple[Candidate | None, dict[str, Any] | None, dict[str, Any] | None]:
@@ -447,15 +478,7 @@ class SearchRun:
         final_id = best.candidate_id
         finetuned: dict[str, Any] | None = None
         if self.config.finetune > 0:
-            result = await self.train(
-                "fine-tuning",
-                "finetune_candidate",
-                {
-                    "session_id": self.session_id,
-                    "candidate_id": best.candidate_id,
-                    "epochs": self.config.finetune,
-                },
-            )
+            result = await self.finetune(best.candidate_id)
             if result.ok:
                 finetuned = result.as_dict()
                 loss = finetuned.get("best_val_loss")

@@ -17,6 +17,11 @@ current step trains, and checks it as soon as the current step's result is in:
   could be cancelled stays a step, with a thought that says the rules would have chosen
   otherwise.
 
+While the search's last step trains, the best candidate so far is fine-tuned on the other slot:
+it is the one the search fine-tunes unless the last step beats it, and then that fine-tuning is
+cancelled (its copy left out of the search) and the new best is fine-tuned as before
+(:meth:`~leads_agent.agent.SearchRun.finetune`).
+
 Only plain plans are guessed or pipelined: ``select``, ``refine`` and ``simplify`` without a code
 edit (a code edit is reviewed by the server and may be archived as ``refused``, which a guess must
 not leave behind). Each step's observation carries the budget left as the server gave it when the
@@ -166,6 +171,26 @@ async def _archive_without(run: SearchRun, number: int, flight: Flight | None) -
     return run.base_state(number, candidates)
 
 
+def _finetune_ahead(run: SearchRun, before_last: SearchState) -> None:
+    """While the search's last step trains, start fine-tuning the best candidate so far: it is
+    the one the search fine-tunes unless the last step beats it (then
+    :meth:`~leads_agent.agent.SearchRun.finetune` cancels this one)."""
+    best = before_last.best()
+    if best is None or run.config.finetune <= 0 or run.finetune_ahead is not None:
+        return
+    call = asyncio.ensure_future(
+        run.conn.call(
+            "finetune_candidate",
+            {
+                "session_id": run.session_id,
+                "candidate_id": best.candidate_id,
+                "epochs": run.config.finetune,
+            },
+        )
+    )
+    run.finetune_ahead = (best.candidate_id, call)
+
+
 async def run_pipeline(run: SearchRun, number: int, limit: int) -> int:
     """Take up to ``limit`` steps from step ``number``, each next one guessed and trained while
     the current one trains; how many steps it took (0: none, take an ordinary step)."""
@@ -190,6 +215,8 @@ async def run_pipeline(run: SearchRun, number: int, limit: int) -> int:
                 ],
             )
             guess = await _launch(run, current.number + 1, ahead)
+        elif current.number == run.config.budget:
+            _finetune_ahead(run, current.decided_on)
         await _record(run, current, current.decided_on)
         taken += 1
         if guess is None:

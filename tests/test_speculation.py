@@ -8,6 +8,7 @@ leaves no trace in the search, and only a wrong guess that ended first stays a s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from types import SimpleNamespace
 from typing import Any
@@ -39,9 +40,17 @@ class ScriptedServer:
     """The tools the loop calls, over an in-memory archive; trainings run in the background and
     end after ``polls[template]`` calls of ``wait_candidate`` (1 when not listed)."""
 
-    def __init__(self, losses: dict[tuple[str, str], float], polls: dict[str, int]) -> None:
+    def __init__(
+        self,
+        losses: dict[tuple[str, str], float],
+        polls: dict[str, int],
+        conductivity_cost: Any = None,
+    ) -> None:
         self.losses = losses
         self.polls = polls
+        #: the loss factor of an initial conductivity (default: 1 + 0.1 * conductivity)
+        self.conductivity_cost = conductivity_cost or (lambda g: 1 + 0.1 * g)
+        self.events: list[str] = []
         self.archive: list[Candidate] = []
         self.draft: dict[str, Any] = {}
         self.waits: dict[str, int] = {}
@@ -74,9 +83,11 @@ class ScriptedServer:
 
     def finish(self, c: Candidate) -> None:
         c.status = "ok"
-        c.val_loss = c.train_loss = self.losses.get((c.reaction, c.diffusion), 0.09) * (
-            1 + 0.1 * float(c.hyperparameters.get("conductivity", 1.0))
-        )
+        conductivity = float(c.hyperparameters.get("conductivity", 1.0))
+        c.val_loss = c.train_loss = self.losses.get(
+            (c.reaction, c.diffusion), 0.09
+        ) * self.conductivity_cost(conductivity)
+        self.events.append(f"trained {c.candidate_id}")
         c.diagnosis = "good_fit: fine"
         c.verdict = "good_fit"
 
@@ -134,6 +145,31 @@ class ScriptedServer:
             done = c.status != "training"
             result = self.result(c) if c.status == "ok" else None
             return ToolResult(ok=True, data={"done": done, "status": c.status, "result": result})
+        elif name == "finetune_candidate":
+            parent = self.get(args["candidate_id"])
+            copy = Candidate(
+                f"c-{len(self.archive) + 1}",
+                "finetune",
+                parent.reaction,
+                parent.diffusion,
+                "training",
+                parent_id=parent.candidate_id,
+            )
+            self.archive.append(copy)
+            self.events.append(f"finetune {parent.candidate_id}")
+            try:
+                for _ in range(20):
+                    await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                copy.status = "cancelled"
+                raise
+            copy.status, copy.val_loss = "ok", parent.val_loss
+            return ToolResult(
+                ok=True,
+                data={"candidate_id": copy.candidate_id, "status": "ok", "best_val_loss": 0.001},
+            )
+        elif name == "evaluate_candidate":
+            return ToolResult(ok=True, data={"mse": 1e-5, "candidate_id": args["candidate_id"]})
         elif name == "cancel_candidate":
             c = self.get(args["candidate_id"])
             if c.status == "training":
@@ -158,13 +194,17 @@ class ScriptedRun:
     train = SearchRun.train
     finish_step = SearchRun.finish_step
     describe_training = staticmethod(SearchRun.describe_training)
+    finish = SearchRun.finish
+    finetune = SearchRun.finetune
 
-    def __init__(self, server: ScriptedServer, parallel: int) -> None:
+    def __init__(self, server: ScriptedServer, parallel: int, finetune: int = 0) -> None:
         self.conn = server
         self.policy = OfflinePolicy()
         self.config = SimpleNamespace(
-            budget=BUDGET, epochs=1, parallel=parallel, max_steps=None, finetune=0
+            budget=BUDGET, epochs=1, parallel=parallel, max_steps=None, finetune=finetune
         )
+        self.finetune_ahead = None
+        self.notes: list[str] = []
         self.session_id = "s-1"
         self.aliases: dict[str, str] = {}
         self.discarded: set[str] = set()
@@ -280,3 +320,93 @@ def test_only_plain_plans_are_pipelined_and_placeholders_count_as_tried() -> Non
     stand_in = placeholder(Plan("reaction_B", "refine", "gcn", {"hidden": 32}, "t", parent), 7)
     assert stand_in.status == "training" and stand_in.parent_id == "c-1"
     assert stand_in.hyperparameters == {"hidden": 32} and not stand_in.ok
+
+
+def search_and_finish(parallel: int, conductivity_cost: Any = None) -> tuple[ScriptedRun, Any]:
+    """The whole search with 2 epochs of fine-tuning and the test evaluation."""
+    # the last step (a refinement of laplacian_nodewise) trains long enough to overlap
+    server = ScriptedServer(LOSSES, {"laplacian_nodewise": 5}, conductivity_cost)
+    run = ScriptedRun(server, parallel, finetune=2)
+
+    async def go() -> Any:
+        await take_steps(run, 1)  # type: ignore[arg-type]
+        return await run.finish(await run.read_candidates())  # type: ignore[arg-type]
+
+    return run, asyncio.run(go())
+
+
+def test_the_fine_tuning_starts_with_the_last_step_when_it_keeps_the_best() -> None:
+    # a conductivity away from 1 costs: the last steps (refinements) do not beat the best
+    away = lambda g: 1 + abs(g - 1)  # noqa: E731
+    sequential, (best, tuned, evaluation) = search_and_finish(1, away)
+    run, (best_p, tuned_p, evaluation_p) = search_and_finish(8, away)
+    assert (best_p.diffusion, best_p.val_loss) == (best.diffusion, best.val_loss)
+    assert tuned_p["status"] == "ok" and evaluation_p["candidate_id"] == tuned_p["candidate_id"]
+    events = run.conn.events
+    last = next(r.candidate_id for r in run.steps if r.step == BUDGET)
+    # one fine-tuning, of the best, started before the last step's training ended
+    assert [e for e in events if e.startswith("finetune")] == [f"finetune {best_p.candidate_id}"]
+    assert events.index(f"finetune {best_p.candidate_id}") < events.index(f"trained {last}")
+    assert sequential.conn.events[-1] == f"finetune {best.candidate_id}"  # step by step: at the end
+
+
+def test_a_fine_tuning_started_for_a_best_the_last_step_beat_is_cancelled() -> None:
+    # the default cost: the last refinement (conductivity 0.5) beats laplacian_nodewise
+    run, (best, tuned, evaluation) = search_and_finish(8)
+    last = next(r.candidate_id for r in run.steps if r.step == BUDGET)
+    assert best.candidate_id == last
+    started = [e for e in run.conn.events if e.startswith("finetune")]
+    assert len(started) == 2 and started[1] == f"finetune {last}"
+    wrong = [c for c in run.conn.archive if c.operation == "finetune" and c.parent_id != last]
+    assert [c.status for c in wrong] == ["cancelled"] and wrong[0].candidate_id in run.discarded
+    assert all(c.candidate_id not in run.discarded for c in run.conn.archive if c.parent_id == last)
+    assert tuned["status"] == "ok" and evaluation["candidate_id"] == tuned["candidate_id"]
+
+
+def test_a_cancelled_fine_tuning_call_leaves_the_connection_usable(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """On a real server (tiny set): the fine-tuning call cancelled mid-way ends without a result,
+    and the same connection then fine-tunes and evaluates."""
+    from leads_agent.connection import connect
+    from leads_server.app import build_server
+    from server_calls import save_tiny
+
+    monkeypatch.setenv("LEADS_HOME", str(tmp_path))
+    save_tiny(tmp_path)
+
+    async def go() -> tuple[dict[str, Any], dict[str, Any]]:
+        server = build_server(tmp_path / "archive.duckdb", compile_training=False)
+        try:
+            async with connect(server=server) as conn:
+                start = await conn.call(
+                    "start_session", {"dataset": "tiny", "budget": 2, "anonymise": False}
+                )
+                sid = start.as_dict()["session_id"]
+                await conn.call(
+                    "select_reaction", {"session_id": sid, "reaction": "aliev_panfilov"}
+                )
+                await conn.call(
+                    "select_diffusion", {"session_id": sid, "template": "laplacian_global"}
+                )
+                trained = await conn.call("train_candidate", {"session_id": sid, "epochs": 1})
+                parent = trained.as_dict()["candidate_id"]
+                arguments = {"session_id": sid, "candidate_id": parent, "epochs": 30}
+                ahead = asyncio.ensure_future(conn.call("finetune_candidate", arguments))
+                await asyncio.sleep(1.0)
+                ahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ahead
+                tuned = await conn.call("finetune_candidate", {**arguments, "epochs": 1})
+                assert tuned.ok, tuned.text
+                scored = await conn.call(
+                    "evaluate_candidate",
+                    {"session_id": sid, "candidate_id": tuned.as_dict()["candidate_id"]},
+                )
+                assert scored.ok, scored.text
+                return tuned.as_dict(), scored.as_dict()
+        finally:
+            server.close()
+
+    tuned, scored = asyncio.run(go())
+    assert tuned["status"] == "ok" and scored["mse"] > 0
