@@ -150,10 +150,14 @@ class SearchRun:
             f"JOIN candidates c ON e.candidate_id = c.candidate_id WHERE c.session_id = {sid} "
             "ORDER BY e.candidate_id, e.epoch"
         )
+        recorded = {r.candidate_id: r.step for r in self.steps if r.candidate_id}
+        # a cancelled candidate that is no step (a guess cancelled by this or an earlier run of
+        # the session) is not part of the search: the server gave its budget back
         candidates = [
             Candidate.from_row(row)
             for row in rows
             if str(row.get("candidate_id")) not in self.discarded
+            and (row.get("status") != "cancelled" or str(row.get("candidate_id")) in recorded)
         ]
         by_id = {c.candidate_id: c for c in candidates}
         for row in epochs:
@@ -164,7 +168,6 @@ class SearchRun:
                 candidate.train_curve.append(float(row["train_loss"]))
             if row.get("val_loss") is not None:
                 candidate.val_curve.append(float(row["val_loss"]))
-        recorded = {r.candidate_id: r.step for r in self.steps if r.candidate_id}
         step = 0
         for candidate in candidates:
             if candidate.candidate_id in self.aliases:

@@ -410,3 +410,35 @@ def test_a_cancelled_fine_tuning_call_leaves_the_connection_usable(
 
     tuned, scored = asyncio.run(go())
     assert tuned["status"] == "ok" and scored["mse"] > 0
+
+
+def test_a_cancelled_candidate_without_a_step_is_not_read_back_as_part_of_the_search() -> None:
+    """A guess cancelled by an earlier run of the session (its budget given back) stays out of
+    a resumed search's view; a cancelled candidate recorded as a step stays in."""
+    from leads_agent.agent import RunConfig
+    from leads_agent.run_result import StepRecord
+
+    rows = [
+        ["c-1", "select", None, "reaction_B", "gcn", "{}", "ok", 0.1, 0.1, 1, 10, None],
+        ["c-2", "select", None, "reaction_B", "gat", "{}", "cancelled", None, None, None, 10, None],
+        ["c-3", "select", None, "reaction_B", "gat", "{}", "cancelled", None, None, None, 10, None],
+    ]
+    columns = [
+        "candidate_id", "operation", "parent_id", "reaction", "diffusion", "spec", "status",
+        "train_loss", "val_loss", "best_epoch", "parameter_count", "diagnosis",
+    ]  # fmt: skip
+
+    class Archive:
+        def has_tool(self, name: str) -> bool:
+            return name == "query_archive"
+
+        async def call(self, name: str, arguments: dict[str, Any]) -> ToolResult:
+            if "FROM candidates" in arguments["sql"] and "epochs" not in arguments["sql"]:
+                return ToolResult(ok=True, data={"columns": columns, "rows": rows})
+            return ToolResult(ok=True, data={"columns": ["candidate_id"], "rows": []})
+
+    run = SearchRun(Archive(), OfflinePolicy(), RunConfig(), SimpleNamespace())  # type: ignore[arg-type]
+    run.session_id = "s-1"
+    run.steps = [StepRecord(1, "t", [], "o", "c-1"), StepRecord(2, "t", [], "o", "c-3")]
+    read = asyncio.run(run.read_candidates())
+    assert [c.candidate_id for c in read] == ["c-1", "c-3"]
