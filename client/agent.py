@@ -6,19 +6,22 @@ Everything goes through the server's tools: the loop never touches the engine.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import math
 import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from .batch import run_batch
+from .batch import epochs_for, run_batch
 from .connection import ServerConnection, ToolResult
 from .errors import AgentError
 from .home import leads_home
 from .llm import is_duplicate_refusal
 from .policy import Policy
 from .run_result import RunConfig, RunResult, StepRecord
+from .speculation import run_pipeline
 from .state import NOT_TRAINED, Candidate, Decision, SearchState, ToolCall, rows_to_dicts
 
 __all__ = [
@@ -90,6 +93,12 @@ class SearchRun:
         self.record_on_server = conn.has_tool("record_step")
         self.refusals = 0  # steps whose action the server refused (no candidate trained)
         self.duplicates = 0  # trainings refused as duplicates of an earlier candidate
+        #: guesses of the next step trained ahead and cancelled (.speculation): not candidates
+        #: of the search (the server gave their budget back)
+        self.discarded: set[str] = set()
+        #: a fine-tuning started while the last step trained (.speculation): the candidate it
+        #: fine-tunes and the call; used when that candidate is still the best at the end
+        self.finetune_ahead: tuple[str, asyncio.Future[ToolResult]] | None = None
 
     # ------------------------------------------------------------------ archive reading
 
@@ -141,7 +150,15 @@ class SearchRun:
             f"JOIN candidates c ON e.candidate_id = c.candidate_id WHERE c.session_id = {sid} "
             "ORDER BY e.candidate_id, e.epoch"
         )
-        candidates = [Candidate.from_row(row) for row in rows]
+        recorded = {r.candidate_id: r.step for r in self.steps if r.candidate_id}
+        # a cancelled candidate that is no step (a guess cancelled by this or an earlier run of
+        # the session) is not part of the search: the server gave its budget back
+        candidates = [
+            Candidate.from_row(row)
+            for row in rows
+            if str(row.get("candidate_id")) not in self.discarded
+            and (row.get("status") != "cancelled" or str(row.get("candidate_id")) in recorded)
+        ]
         by_id = {c.candidate_id: c for c in candidates}
         for row in epochs:
             candidate = by_id.get(str(row.get("candidate_id")))
@@ -151,7 +168,6 @@ class SearchRun:
                 candidate.train_curve.append(float(row["train_loss"]))
             if row.get("val_loss") is not None:
                 candidate.val_curve.append(float(row["val_loss"]))
-        recorded = {r.candidate_id: r.step for r in self.steps if r.candidate_id}
         step = 0
         for candidate in candidates:
             if candidate.candidate_id in self.aliases:
@@ -393,7 +409,10 @@ class SearchRun:
             result = await self.train(
                 f"step {number}",
                 "train_candidate",
-                {"session_id": self.session_id, "epochs": decision.epochs_for(self.config.epochs)},
+                {
+                    "session_id": self.session_id,
+                    "epochs": decision.epochs_for(epochs_for(self, state)),
+                },
             )
             text = result.text or str(result.data)
             if not result.ok and is_duplicate_refusal(text):
@@ -427,6 +446,32 @@ class SearchRun:
 
     # ------------------------------------------------------------------ end game
 
+    async def finetune(self, candidate_id: str) -> ToolResult:
+        """Fine-tune the best candidate: the fine-tuning started with the last step when it is
+        of this candidate, else a new one (a fine-tuning of another candidate is cancelled, and
+        its copy is left out of the search like a cancelled guess)."""
+        ahead, self.finetune_ahead = self.finetune_ahead, None
+        if ahead is not None:
+            started_for, call = ahead
+            if started_for == candidate_id:
+                self.view.training("fine-tuning (started with the last step)", 1)
+                return await call
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await call
+            for copy in await self.read_candidates():
+                if copy.operation == "finetune" and copy.parent_id == started_for:
+                    self.discarded.add(copy.candidate_id)
+        return await self.train(
+            "fine-tuning",
+            "finetune_candidate",
+            {
+                "session_id": self.session_id,
+                "candidate_id": candidate_id,
+                "epochs": self.config.finetune,
+            },
+        )
+
     async def finish(
         self, candidates: list[Candidate]
     ) -> tuple[Candidate | None, dict[str, Any] | None, dict[str, Any] | None]:
@@ -439,15 +484,7 @@ class SearchRun:
         final_id = best.candidate_id
         finetuned: dict[str, Any] | None = None
         if self.config.finetune > 0:
-            result = await self.train(
-                "fine-tuning",
-                "finetune_candidate",
-                {
-                    "session_id": self.session_id,
-                    "candidate_id": best.candidate_id,
-                    "epochs": self.config.finetune,
-                },
-            )
+            result = await self.finetune(best.candidate_id)
             if result.ok:
                 finetuned = result.as_dict()
                 loss = finetuned.get("best_val_loss")
@@ -467,6 +504,32 @@ class SearchRun:
         data = evaluation.as_dict()
         data.setdefault("candidate_id", final_id)
         return best, finetuned, data
+
+
+async def take_steps(run: SearchRun, first: int) -> bool:
+    """The search's steps from step ``first`` to the budget (or ``config.max_steps`` new ones);
+    True when the policy stopped the search."""
+    config = run.config
+    new_steps = 0
+    number = first
+    while number <= config.budget:
+        left = config.budget - number + 1
+        if config.max_steps is not None:
+            left = min(left, config.max_steps - new_steps)
+        if left <= 0:
+            break
+        # independent candidates (the reaction screening, the diffusion agenda) train together,
+        # one step each; after them each next step is guessed and trained meanwhile
+        taken = await run_batch(run, number, min(left, config.parallel))
+        if not taken:
+            taken = await run_pipeline(run, number, left)
+        if not taken:
+            if not await run.step(number):
+                return True
+            taken = 1
+        number += taken
+        new_steps += taken
+    return False
 
 
 async def run_search(
@@ -497,24 +560,7 @@ async def run_search(
     done = run.steps_done(candidates)
     if done and config.resume:
         view.message(f"resuming {run.session_id}: {done} of {config.budget} steps done")
-    new_steps = 0
-    stopped = False
-    number = done + 1
-    while number <= config.budget:
-        left = config.budget - number + 1
-        if config.max_steps is not None:
-            left = min(left, config.max_steps - new_steps)
-        if left <= 0:
-            break
-        # independent candidates (the reaction screening) train together, one step each
-        taken = await run_batch(run, number, min(left, config.parallel))
-        if not taken:
-            if not await run.step(number):
-                stopped = True
-                break
-            taken = 1
-        number += taken
-        new_steps += taken
+    stopped = await take_steps(run, done + 1)
     candidates = await run.read_candidates()
     view.candidates(candidates)
     completed = stopped or run.steps_done(candidates) >= config.budget

@@ -118,8 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--parallel",
         type=_at_least_one,
         default=8,
-        help="most screening candidates the offline policy trains at once, as the server's job "
-        "slots allow (8; 1: one candidate at a time)",
+        help="most candidates the offline policy trains at once, as the server's job slots "
+        "allow: the screening, the diffusion agenda, a guess of the next step "
+        "(8; 1: one at a time)",
+    )
+    discover.add_argument(
+        "--screening-epochs",
+        type=_at_least_one,
+        help="epochs of the offline policy's reaction screening candidates (default: --epochs)",
     )
     baseline = sub.add_parser("baseline", help="a paper baseline through the same tools")
     baseline.add_argument("--method", choices=BASELINES, required=True)
@@ -366,6 +372,7 @@ async def _run(args: argparse.Namespace, console: Console) -> tuple[RunResult, s
                 resume=args.resume,
                 max_steps=args.max_steps,
                 parallel=args.parallel,
+                screening_epochs=getattr(args, "screening_epochs", None),
             )
             policy = _policy(args, conn)
         try:

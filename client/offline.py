@@ -45,13 +45,20 @@ from .offline_beyond import beyond_plan, is_refused_anisotropy
 from .policy import ToolEnv, Usage
 from .state import NOT_TRAINED, Candidate, Decision, SearchState, ToolCall
 
-__all__ = ["OfflinePolicy", "Plan", "detect_edits", "plan_step"]
+__all__ = ["INDEPENDENT_RULES", "RULES", "OfflinePolicy", "Plan", "detect_edits", "plan_step"]
 
 SCREEN_DIFFUSION = "laplacian_global"
 DIFFUSION_AGENDA = ("laplacian_nodewise", "gcn", "gat")
 NEURAL_ORDER = ("gcn", "gat", "graphsage", "edge_mlp", "chebyshev", "gatv2", "graph_transformer")
 PHYSICAL = ("mean_aggregation", "laplacian_global", "laplacian_nodewise")
 OVERFIT_GAP = 0.5
+#: The rules in the order they are tried (rule 6, no repeats, applies inside each).
+RULES = ("screening", "instability", "agenda", "beyond", "diagnosis", "fallback")
+#: Rules whose successive plans do not depend on one another's results: with a placeholder (a
+#: candidate still training) for each earlier plan, the next plan is the one the rules make once
+#: it has trained (for the agenda: unless it ends unstable, which rule 3 handles first), so these
+#: steps may be decided together and trained at once (:mod:`.batch`).
+INDEPENDENT_RULES = ("screening", "agenda")
 CAPACITY_KEYS = ("hidden", "layers", "mlp_layers", "heads", "K")
 
 
@@ -84,6 +91,8 @@ class Plan:
     residual: dict[str, Any] | None = None
     #: train for this many times the run's epochs per candidate (Decision.epochs_factor)
     epochs_factor: int = 1
+    #: the rule that decided it (:data:`RULES`); set by :func:`plan_step`
+    rule: str = ""
 
     def reaction_residual(self) -> dict[str, Any] | None:
         """The residual the candidate will have: this plan's, else a derived candidate keeps its
@@ -496,18 +505,20 @@ class _Planner:
     def plan(self) -> Plan | None:
         screening = self.screening_plan()
         if screening:
+            screening.rule = "screening"
             return screening
         reaction, _ = self.best_reaction()
-        rules = (
-            self.instability_plan,
-            self.agenda_plan,
-            self.beyond_catalog_plan,
-            self.diagnosis_plan,
-            self.fallback,
-        )
-        for rule in rules:
+        rules = {
+            "instability": self.instability_plan,
+            "agenda": self.agenda_plan,
+            "beyond": self.beyond_catalog_plan,
+            "diagnosis": self.diagnosis_plan,
+            "fallback": self.fallback,
+        }
+        for name, rule in rules.items():
             plan = rule(reaction)
             if plan is not None:
+                plan.rule = name
                 return plan
         return None
 

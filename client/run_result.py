@@ -30,9 +30,12 @@ class RunConfig:
     reactions: list[str] | None = None
     use_true_reaction: bool = False
     label: str = "discover"
-    #: most steps whose candidates train at once (the offline policy's reaction screening);
-    #: 1 trains one candidate per step as before
+    #: most steps whose candidates train at once (the offline policy's reaction screening and
+    #: diffusion agenda; 2 or more also trains a guess of its next step meanwhile); 1 trains one
+    #: candidate per step as before
     parallel: int = 8
+    #: epochs of the offline policy's screening candidates (None: ``epochs``, as every step)
+    screening_epochs: int | None = None
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Batch proposals of the search loop (``leads_agent.batch``): the offline policy's reaction
-screening is decided as one batch of independent candidates, and nothing else is."""
+screening is decided as one batch of independent candidates (the diffusion agenda after it:
+tests/test_batch_agenda.py)."""
 
 from __future__ import annotations
 
@@ -80,9 +81,10 @@ async def test_only_what_is_left_of_the_screening_and_its_quota_is_batched() -> 
     assert reactions_of(await propose_batch(run, state(candidates=done), 8)) == REACTIONS[2:]
     # a budget of 4 screens two reactions (budget - 2), then explores the diffusion
     assert reactions_of(await propose_batch(run, state(budget=4), 8)) == REACTIONS[:2]
-    # after the screening, each step depends on the last result: no batch
+    # after the screening comes the diffusion agenda (a batch of its own, tests/test_batch_agenda)
     everything = [screened(r, 0.1 + i) for i, r in enumerate(REACTIONS)]
-    assert await propose_batch(run, state(candidates=everything), 8) == []
+    agenda = await propose_batch(run, state(candidates=everything), 8)
+    assert [d.calls[1].arguments["template"] for _, d in agenda] == TEMPLATES[1:]
     # one screening candidate left is no batch either: the ordinary step takes it
     assert await propose_batch(run, state(candidates=everything[:5]), 8) == []
 
