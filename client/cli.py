@@ -125,7 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     discover.add_argument(
         "--screening-epochs",
         type=_at_least_one,
-        help="epochs of the offline policy's reaction screening candidates (default: --epochs)",
+        default=1,
+        help="epochs of the offline policy's reaction screening candidates (default 1: a "
+        "low-fidelity screening that picks the same reaction as 3 epochs on AP, RM and MS; "
+        "pass --epochs' value for the paper's protocol)",
     )
     baseline = sub.add_parser("baseline", help="a paper baseline through the same tools")
     baseline.add_argument("--method", choices=BASELINES, required=True)

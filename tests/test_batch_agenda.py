@@ -217,3 +217,13 @@ def test_a_shorter_screening_trains_only_the_screening_candidates_shorter() -> N
     assert epochs_for(full, state([])) == 3  # unset: every step has the run's epochs
     llm = SimpleNamespace(policy=SimpleNamespace(refused=set()), config=short.config)
     assert epochs_for(llm, state([])) == 3  # only the offline policy screens
+
+
+def test_leads_agent_discover_screens_at_one_epoch_by_default() -> None:
+    from leads_agent.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["discover"]).screening_epochs == 1
+    assert parser.parse_args(["discover", "--screening-epochs", "3"]).screening_epochs == 3
+    with pytest.raises(SystemExit):
+        parser.parse_args(["discover", "--screening-epochs", "0"])

@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio
 import httpx2
 import pytest
-from leads_server.app import build_server
+from leads_server.app import TOOLS, build_server
 from leads_server.archive import INTERRUPTED_ERROR, Archive
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
@@ -100,7 +100,7 @@ async def test_http_needs_token_and_a_local_host(http_server: tuple[str, str]) -
         one, two = await session(first), await session(second)
         assert one != two
         tools = await first.list_tools()
-        assert len(tools.tools) == 18
+        assert {tool.name for tool in tools.tools} == set(TOOLS)  # every tool, over HTTP
 
 
 async def test_sigkill_during_training_keeps_the_archive(home: Path, tmp_path: Path) -> None:
