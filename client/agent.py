@@ -411,7 +411,7 @@ class SearchRun:
                 "train_candidate",
                 {
                     "session_id": self.session_id,
-                    "epochs": decision.epochs_for(epochs_for(self, state)),
+                    "epochs": epochs_for(self, state, decision),
                 },
             )
             text = result.text or str(result.data)

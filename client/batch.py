@@ -134,16 +134,18 @@ def _expected_cost(decision: Decision) -> float:
     return reaction * DIFFUSION_COST.get(str(arguments.get("template")), 2.5)
 
 
-def epochs_for(run: SearchRun, state: SearchState) -> int:
+def epochs_for(run: SearchRun, state: SearchState, decision: Decision | None = None) -> int:
     """Epochs of the step decided on ``state``: ``config.screening_epochs`` for a screening
-    candidate of the offline policy when set (a shorter screening), else ``config.epochs``."""
+    candidate of the offline policy when set (a shorter screening), else ``config.epochs``;
+    times the ``decision``'s own factor (:meth:`Decision.epochs_for`) when given."""
+    epochs = int(run.config.epochs)
     short = getattr(run.config, "screening_epochs", None)
     policy = run.policy
     if short and isinstance(policy, OfflinePolicy):
         plan = plan_step(state, frozenset(policy.refused))
         if plan is not None and plan.rule == "screening":
-            return int(short)
-    return int(run.config.epochs)
+            epochs = int(short)
+    return epochs if decision is None else decision.epochs_for(epochs)
 
 
 async def _start(run: SearchRun, decision: Decision, epochs: int) -> str | None:
@@ -153,7 +155,7 @@ async def _start(run: SearchRun, decision: Decision, epochs: int) -> str | None:
         return None
     started = await run.conn.call(
         "train_candidate",
-        {"session_id": run.session_id, "epochs": decision.epochs_for(epochs), "wait": False},
+        {"session_id": run.session_id, "epochs": epochs, "wait": False},
     )
     candidate_id = started.as_dict().get("candidate_id") if started.ok else None
     return str(candidate_id) if candidate_id else None
@@ -195,7 +197,7 @@ async def run_batch(run: SearchRun, number: int, limit: int) -> int:
     ids: dict[int, str] = {}
     for index in order:
         step_state, decision = proposals[index]
-        candidate_id = await _start(run, decision, epochs_for(run, step_state))
+        candidate_id = await _start(run, decision, epochs_for(run, step_state, decision))
         if candidate_id is None:  # refused: a later step takes this decision again
             break
         ids[index] = candidate_id

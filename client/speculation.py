@@ -107,7 +107,7 @@ async def _launch(run: SearchRun, number: int, state: SearchState) -> Flight | N
     decision = await policy.next_action(state, run.conn)
     if decision.stop or not decision.calls or await run.execute(decision.calls) is not None:
         return None
-    epochs = decision.epochs_for(epochs_for(run, state))
+    epochs = epochs_for(run, state, decision)
     started = await run.conn.call(
         "train_candidate", {"session_id": run.session_id, "epochs": epochs, "wait": False}
     )

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from leads_agent.batch import _expected_cost, as_decided_on, propose_batch
 from leads_agent.offline import OfflinePolicy, plan_step
-from leads_agent.state import Candidate, SearchState
+from leads_agent.state import Candidate, Decision, SearchState
 from server_calls import save_tiny
 
 REACTIONS = ["reaction_A", "reaction_B", "reaction_C", "neural"]
@@ -217,6 +217,9 @@ def test_a_shorter_screening_trains_only_the_screening_candidates_shorter() -> N
     assert epochs_for(full, state([])) == 3  # unset: every step has the run's epochs
     llm = SimpleNamespace(policy=SimpleNamespace(refused=set()), config=short.config)
     assert epochs_for(llm, state([])) == 3  # only the offline policy screens
+    longer = Decision("a residual", epochs_factor=4)  # the decision's own factor applies last
+    assert epochs_for(short, state(screening()), longer) == 12
+    assert epochs_for(short, state([]), longer) == 4
 
 
 def test_leads_agent_discover_screens_at_one_epoch_by_default() -> None:
