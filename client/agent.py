@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from .batch import epochs_for, run_batch
+from .batch import run_batch, train_arguments
 from .connection import ServerConnection, ToolResult
 from .errors import AgentError
 from .home import leads_home
@@ -407,12 +407,7 @@ class SearchRun:
                 self.refusals += 1
                 return decision, f"no candidate was set up; {NOT_TRAINED}", None
             result = await self.train(
-                f"step {number}",
-                "train_candidate",
-                {
-                    "session_id": self.session_id,
-                    "epochs": epochs_for(self, state, decision),
-                },
+                f"step {number}", "train_candidate", train_arguments(self, state, decision)
             )
             text = result.text or str(result.data)
             if not result.ok and is_duplicate_refusal(text):
@@ -446,10 +441,11 @@ class SearchRun:
 
     # ------------------------------------------------------------------ end game
 
-    async def finetune(self, candidate_id: str) -> ToolResult:
+    async def finetune(self, best: Candidate) -> ToolResult:
         """Fine-tune the best candidate: the fine-tuning started with the last step when it is
         of this candidate, else a new one (a fine-tuning of another candidate is cancelled, and
         its copy is left out of the search like a cancelled guess)."""
+        candidate_id = best.candidate_id
         ahead, self.finetune_ahead = self.finetune_ahead, None
         if ahead is not None:
             started_for, call = ahead
@@ -468,7 +464,7 @@ class SearchRun:
             {
                 "session_id": self.session_id,
                 "candidate_id": candidate_id,
-                "epochs": self.config.finetune,
+                "epochs": best.finetune_epochs(self.config.finetune),
             },
         )
 
@@ -484,7 +480,7 @@ class SearchRun:
         final_id = best.candidate_id
         finetuned: dict[str, Any] | None = None
         if self.config.finetune > 0:
-            result = await self.finetune(best.candidate_id)
+            result = await self.finetune(best)
             if result.ok:
                 finetuned = result.as_dict()
                 loss = finetuned.get("best_val_loss")

@@ -148,15 +148,29 @@ def epochs_for(run: SearchRun, state: SearchState, decision: Decision | None = N
     return epochs if decision is None else decision.epochs_for(epochs)
 
 
-async def _start(run: SearchRun, decision: Decision, epochs: int) -> str | None:
-    """Set up the decision's candidate and start its training; its id, or None when the
-    server refused a call (nothing was trained)."""
+def train_arguments(
+    run: SearchRun, state: SearchState, decision: Decision, wait: bool = True
+) -> dict[str, Any]:
+    """train_candidate's arguments for the step decided on ``state``: its epochs
+    (:func:`epochs_for`), its warm start if any, and ``wait``."""
+    arguments: dict[str, Any] = {
+        "session_id": run.session_id,
+        "epochs": epochs_for(run, state, decision),
+    }
+    if decision.warm_start:
+        arguments["warm_start"] = list(decision.warm_start)
+    if not wait:
+        arguments["wait"] = False
+    return arguments
+
+
+async def _start(run: SearchRun, decision: Decision, arguments: dict[str, Any]) -> str | None:
+    """Set up the decision's candidate and start its training (``arguments``:
+    :func:`train_arguments`); its id, or None when the server refused a call (nothing was
+    trained)."""
     if await run.execute(decision.calls) is not None:
         return None
-    started = await run.conn.call(
-        "train_candidate",
-        {"session_id": run.session_id, "epochs": epochs, "wait": False},
-    )
+    started = await run.conn.call("train_candidate", arguments)
     candidate_id = started.as_dict().get("candidate_id") if started.ok else None
     return str(candidate_id) if candidate_id else None
 
@@ -197,7 +211,8 @@ async def run_batch(run: SearchRun, number: int, limit: int) -> int:
     ids: dict[int, str] = {}
     for index in order:
         step_state, decision = proposals[index]
-        candidate_id = await _start(run, decision, epochs_for(run, step_state, decision))
+        arguments = train_arguments(run, step_state, decision, wait=False)
+        candidate_id = await _start(run, decision, arguments)
         if candidate_id is None:  # refused: a later step takes this decision again
             break
         ids[index] = candidate_id

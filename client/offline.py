@@ -91,6 +91,8 @@ class Plan:
     residual: dict[str, Any] | None = None
     #: train for this many times the run's epochs per candidate (Decision.epochs_factor)
     epochs_factor: int = 1
+    #: trained candidates whose shared parts start the candidate (train_candidate's warm_start)
+    warm_start: tuple[str, ...] = ()
     #: the rule that decided it (:data:`RULES`); set by :func:`plan_step`
     rule: str = ""
 
@@ -592,7 +594,12 @@ class OfflinePolicy:
             # the edit applies to the parent candidate's code (its template is implied)
             args |= {"candidate_id": plan.parent.candidate_id, "source": source}
             calls.append(ToolCall("modify_diffusion", args))
-        return Decision(thought=plan.thought, calls=calls, epochs_factor=plan.epochs_factor)
+        return Decision(
+            thought=plan.thought,
+            calls=calls,
+            epochs_factor=plan.epochs_factor,
+            warm_start=list(plan.warm_start),
+        )
 
     def record_outcome(self, state: SearchState, decision: Decision, observation: str) -> None:
         """The rules re-read the archive each step; only refused actions are remembered."""

@@ -9,7 +9,12 @@ once the reaction screening and the diffusion agenda are done, the policy tries,
    ``R + r_phi``, the residual kept small by a norm penalty) on the best physical operator;
 2. the **anisotropic** physical template (``laplacian_anisotropic``: conductivities along and
    across fibres) with the best reaction, when the catalog has it;
-3. the anisotropic template with the residual, when the residual beat the plain reaction.
+3. the anisotropic template with the residual, when the residual beat the plain reaction,
+   warm-started (``train_candidate(warm_start=[...])``) from the residual's reaction and network
+   and the anisotropic candidate's conductivities.
+
+A hybrid candidate trains, and is fine-tuned, :data:`~leads_agent.state.RESIDUAL_EPOCHS_FACTOR`
+times longer than the run's epochs.
 
 The anisotropic template needs the data set's fibre field: the policy skips it when the data set's
 summary (``start_session``'s ``dataset``) names none. When the policy was not told (a resumed
@@ -27,7 +32,7 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
-from .state import Candidate, SearchState
+from .state import RESIDUAL_EPOCHS_FACTOR, Candidate, SearchState
 
 if TYPE_CHECKING:
     from .offline import Plan
@@ -49,9 +54,6 @@ DEFAULT_RESIDUAL: dict[str, Any] = {
     "latent": 2,
     "learning_rate": 0.01,
 }
-#: a residual candidate trains for this many times the run's epochs: its network starts from
-#: zero and learns more slowly than the catalog model's few parameters (one budget step still)
-RESIDUAL_EPOCHS_FACTOR = 4
 ANISOTROPIC = "laplacian_anisotropic"
 PHYSICAL_BASES = ("laplacian_nodewise", "laplacian_global")
 
@@ -125,6 +127,10 @@ def beyond_plan(state: SearchState, reaction: str, plan_type: type[Plan]) -> lis
         if best_hybrid is not None and (best_hybrid.val_loss or math.inf) < (
             best.val_loss or math.inf
         ):
+            # both structures trained: the combination starts from the residual (reaction and
+            # network) and from the anisotropic operator, not from zero
+            anisotropic = _best_plain(trained, ANISOTROPIC)
+            parents = [best_hybrid] + ([anisotropic] if anisotropic is not None else [])
             plans.append(
                 plan_type(
                     reaction,
@@ -133,9 +139,11 @@ def beyond_plan(state: SearchState, reaction: str, plan_type: type[Plan]) -> lis
                     {},
                     f"{head} The residual helped ({best_hybrid.candidate_id}, val "
                     f"{best_hybrid.val_loss:.4g} < {best.val_loss:.4g}): combine it with "
-                    f"anisotropic conduction ({ANISOTROPIC}).",
+                    f"anisotropic conduction ({ANISOTROPIC}), starting from "
+                    f"{' and '.join(c.candidate_id for c in parents)}'s trained parameters.",
                     residual=dict(best_hybrid.residual or DEFAULT_RESIDUAL),
                     epochs_factor=RESIDUAL_EPOCHS_FACTOR,
+                    warm_start=tuple(c.candidate_id for c in parents),
                 )
             )
     if len(plans) > 1 and _LACKS_DIFFUSION.search(best.diagnosis or ""):
@@ -149,6 +157,14 @@ def _tried(trained: list[Candidate], template: str, residual: bool) -> bool:
     return any(
         c.diffusion == template and bool(c.residual) == residual and not c.edited for c in trained
     )
+
+
+def _best_plain(trained: list[Candidate], template: str) -> Candidate | None:
+    """The best successful candidate of ``template`` without a residual or edited code."""
+    plain = [
+        c for c in trained if c.ok and c.diffusion == template and not c.residual and not c.edited
+    ]
+    return min(plain, key=lambda c: c.val_loss or math.inf, default=None)
 
 
 def anisotropy_available(state: SearchState) -> bool:

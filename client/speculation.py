@@ -35,7 +35,7 @@ import contextlib
 import dataclasses
 from typing import TYPE_CHECKING
 
-from .batch import as_decided_on, epochs_for, wait_training
+from .batch import as_decided_on, train_arguments, wait_training
 from .connection import ToolResult
 from .offline import OfflinePolicy, Plan, plan_step
 from .state import Candidate, Decision, SearchState
@@ -107,10 +107,9 @@ async def _launch(run: SearchRun, number: int, state: SearchState) -> Flight | N
     decision = await policy.next_action(state, run.conn)
     if decision.stop or not decision.calls or await run.execute(decision.calls) is not None:
         return None
-    epochs = epochs_for(run, state, decision)
-    started = await run.conn.call(
-        "train_candidate", {"session_id": run.session_id, "epochs": epochs, "wait": False}
-    )
+    arguments = train_arguments(run, state, decision, wait=False)
+    epochs = int(arguments["epochs"])
+    started = await run.conn.call("train_candidate", arguments)
     data = started.as_dict()
     candidate_id = data.get("candidate_id") if started.ok else None
     if not candidate_id:
@@ -184,7 +183,7 @@ def _finetune_ahead(run: SearchRun, before_last: SearchState) -> None:
             {
                 "session_id": run.session_id,
                 "candidate_id": best.candidate_id,
-                "epochs": run.config.finetune,
+                "epochs": best.finetune_epochs(run.config.finetune),
             },
         )
     )

@@ -42,9 +42,12 @@ class BackgroundTrainings:
         self.service = service
         self.trainings: dict[str, Training] = {}
 
-    async def start(self, session: DiscoverySession, epochs: int) -> TrainingResult:
-        """Take the session's draft (one unit of budget) and train it in the background."""
-        spec = self.service.drafts.take(session)
+    async def start(
+        self, session: DiscoverySession, epochs: int, warm_start: list[str] | None = None
+    ) -> TrainingResult:
+        """Take the session's draft (one unit of budget) and train it in the background, its
+        shared parts started from the ``warm_start`` candidates'."""
+        spec, start = self.service.take_draft(session, warm_start or [])
         begun = asyncio.Event()
         ids: list[str] = []
 
@@ -62,7 +65,9 @@ class BackgroundTrainings:
 
         async def run() -> TrainingResult:
             try:
-                return await self.service.runs.train(session, spec, epochs, report, None, started)
+                return await self.service.runs.train(
+                    session, spec, epochs, report, None, started, warm_start=start
+                )
             finally:
                 begun.set()
                 if ids:

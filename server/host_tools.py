@@ -34,7 +34,9 @@ class HostTools:
         if request.wait:
             return await self.service.train_candidate(request, progress)
         session = await self.service.sessions.get(request.session_id)
-        return await self.background.start(session, request.epochs or session.epochs)
+        return await self.background.start(
+            session, request.epochs or session.epochs, request.warm_start
+        )
 
     async def wait_candidate(self, request: WaitCandidate) -> CandidateProgress:
         """A background training's result, or its progress after ``timeout_s``."""

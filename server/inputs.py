@@ -231,8 +231,10 @@ class SimplifyDiffusion(ToolInput):
 class TrainCandidate(ToolInput):
     """Train the draft candidate (uses one unit of the search budget; reports progress after
     every batch). Missing parts of the draft come from its parent or the session's latest
-    candidate. Returns the curves, best validation loss and a diagnosis; with wait=false it
-    answers at once with the candidate id (status 'training'): then poll wait_candidate."""
+    candidate. warm_start starts the parts it shares with earlier candidates from their trained
+    values instead of from scratch. Returns the curves, best validation loss and a diagnosis;
+    with wait=false it answers at once with the candidate id (status 'training'): then poll
+    wait_candidate."""
 
     session_id: SessionId
     epochs: Annotated[
@@ -246,6 +248,17 @@ class TrainCandidate(ToolInput):
             "in the background (for hosts whose requests time out)"
         ),
     ] = True
+    warm_start: Annotated[
+        list[CandidateId],
+        Field(
+            max_length=3,
+            description="trained candidates whose parameters initialise the parts of the draft "
+            "they share (the reaction model, a residual network of the same shape, the same "
+            "diffusion template and hyper-parameters), the first that has a part giving it; "
+            "other parts start fresh. E.g. combine a residual found on one operator with "
+            "another operator: [residual candidate, operator candidate]",
+        ),
+    ] = []
 
 
 class WaitCandidate(ToolInput):

@@ -62,6 +62,9 @@ class Job:
     batch_size: int | None = None  # None: the template's catalog batch size
     split: str = "test"
     initial_weights: bytes | None = field(default=None, repr=False)
+    #: a fit's warm start: (parent spec JSON, its weights) in order of preference; the parts the
+    #: spec shares with them start from their values (:func:`leads_engine.warm_start.warm_state`)
+    warm_start: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
     sample: int = 0
     compile: bool = True
     #: wall-clock limit of the task in seconds (None: none); see :class:`JobLimits`
@@ -270,6 +273,14 @@ def _run_job(channel: WorkerChannel, job: Job) -> dict[str, Any]:
         )
         last[0] = now
 
+    if job.warm_start:  # after the lock-down: building the new model may run edited code
+        from leads_engine.warm_start import warm_state
+
+        parents = [
+            (CandidateSpec.model_validate_json(parent), _load_state(weights))
+            for parent, weights in job.warm_start
+        ]
+        initial_state, _ = warm_state(spec, dataset.n_nodes, parents)
     result = fit(spec, dataset, config, progress=progress, initial_state=initial_state)
     payload = _plain({"summary": result.summary()})
     weights = _state_bytes(result.state_dict)

@@ -150,6 +150,11 @@ class TrainingResult(_Output):
         "reaction rate over the best epoch's validation rollout (share: all state variables, "
         "share_u: the u equation; 0 = pure physics); None without a residual",
     )
+    warm_start: dict[str, str] | None = Field(
+        default=None,
+        description="the parts (reaction, residual, diffusion) that started from another "
+        "candidate's trained values, and from which; None: trained from scratch",
+    )
     failure: dict[str, Any] | None = None
     error: str | None = None
     budget_left: int

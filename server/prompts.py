@@ -51,7 +51,11 @@ select_reaction(session_id, reaction, residual={{"hidden": 16, "layers": 2, "pen
 side, kept small by a norm penalty, with two latent state variables for the memory a catalog \
 model lacks, e.g. a spike-and-dome plateau; it starts from zero, so give it more epochs: \
 train_candidate(epochs=4x); the result reports its share of the reaction rate), and an \
-anisotropic diffusion template when the catalog has one. When the diagnosis points at the \
+anisotropic diffusion template when the catalog has one. To combine two structures that each \
+helped (a residual on one operator, the anisotropic operator with the plain reaction), train \
+the combination with train_candidate(session_id, warm_start=[residual candidate, operator \
+candidate]): each part they share with it (reaction, residual network, operator) starts from \
+its trained values instead of from zero. When the diagnosis points at the \
 reaction (the action potential's shape) and a residual did not close the gap, edit the \
 reaction's code: read it at session://{{session_id}}/reaction/{{name}} and call \
 modify_reaction(session_id, source, candidate_id=...) or modify_reaction(session_id, source, \

@@ -34,6 +34,8 @@ from .state import DiscoverySession, ProgressCallback, Sessions
 if TYPE_CHECKING:
     from leads_engine.diffusion_trial import ValidationReport
 
+    from .warm_starts import WarmStart
+
 FIGURES = ("activation_map.png", "training_curves.png")
 CANCELLED_ERROR = "cancelled by the client before training finished"
 
@@ -52,9 +54,15 @@ def _opt_finite(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def _final_state(summary: dict[str, Any], weights: bytes | None, epochs: int) -> dict[str, Any]:
+def _final_state(
+    summary: dict[str, Any],
+    weights: bytes | None,
+    epochs: int,
+    warm_start: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """The archive's final state of a candidate whose fit returned ``summary`` (status ``ok``
-    or ``unstable``; an unstable fit that diverged in its first epoch has no weights)."""
+    or ``unstable``; an unstable fit that diverged in its first epoch has no weights);
+    ``warm_start`` (which candidate gave which part) is kept with its metrics."""
     train = summary["train_losses"]
     best = summary["best_epoch"]
     return {
@@ -70,6 +78,7 @@ def _final_state(summary: dict[str, Any], weights: bytes | None, epochs: int) ->
             "reaction_parameters": summary["reaction_parameters"],
             "residual": summary.get("residual"),
             "epochs_requested": epochs,
+            "warm_start": warm_start,
         },
         "diagnosis": summary["diagnosis"]["text"],
         "error": None if summary["status"] == "ok" else json.dumps(summary["failure"]),
@@ -224,9 +233,11 @@ class Runs:
         progress: ProgressCallback | None = None,
         weights: bytes | None = None,
         started: Callable[[str], None] | None = None,
+        warm_start: WarmStart | None = None,
     ) -> TrainingResult:
-        """Train ``spec`` (from ``weights`` when given) into a new archived candidate;
-        ``started`` learns the candidate's id as soon as it is archived. Progress comes after
+        """Train ``spec`` (from ``weights`` when given, else with the parts ``warm_start``
+        names started from its parents') into a new archived candidate; ``started`` learns the
+        candidate's id as soon as it is archived. Progress comes after
         every batch (value: epochs done, fractional) and every epoch.
 
         The candidate always ends final: ``ok`` or ``unstable`` (a divergence at any epoch, with
@@ -278,12 +289,19 @@ class Runs:
                     f"{event['train_loss']:.4g}, val {event['val_loss']:.4g}",
                 )
 
+        sources = warm_start.sources if warm_start is not None else None
         job = self._job(
-            "fit", spec, session, weights, epochs=epochs, timeout_s=self._timeout(session, epochs)
+            "fit",
+            spec,
+            session,
+            weights,
+            epochs=epochs,
+            timeout_s=self._timeout(session, epochs),
+            warm_start=warm_start.parents if warm_start is not None else (),
         )
         self.running.add(candidate_id)
         try:
-            summary, final = await self._fit(candidate_id, job, on_epoch)
+            summary, final = await self._fit(candidate_id, job, on_epoch, sources)
         except anyio.get_cancelled_exc_class():
             if spec.operation != "finetune" and not self.stopping:
                 session.steps_used = max(0, session.steps_used - 1)  # a cancelled fit is free
@@ -291,7 +309,7 @@ class Runs:
         finally:
             self.running.discard(candidate_id)
         error = final.get("error") if summary is None else None
-        result = self._training_result(session, candidate_id, spec, summary, error)
+        result = self._training_result(session, candidate_id, spec, summary, error, sources)
         self.sessions.record_step(
             session,
             {"tool": spec.operation, "candidate_id": candidate_id, "spec": shown.model_dump()},
@@ -300,7 +318,11 @@ class Runs:
         return result
 
     async def _fit(
-        self, candidate_id: str, job: Job, on_epoch: Callable[[dict[str, Any]], Awaitable[None]]
+        self,
+        candidate_id: str,
+        job: Job,
+        on_epoch: Callable[[dict[str, Any]], Awaitable[None]],
+        warm_start: dict[str, str] | None = None,
     ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         """Run the fit job and archive the candidate's final state: the fit's summary (None
         when the worker failed) and that state."""
@@ -308,7 +330,7 @@ class Runs:
         try:
             payload = await self.pool.run(job, on_epoch)
             summary = payload["summary"]
-            final = _final_state(summary, payload.get("weights"), job.epochs)
+            final = _final_state(summary, payload.get("weights"), job.epochs, warm_start)
         except WorkerError as exc:
             summary = None
             final = {"status": "failed", "error": INTERRUPTED_ERROR if self.stopping else str(exc)}
@@ -359,6 +381,7 @@ class Runs:
         spec: CandidateSpec,
         summary: dict[str, Any] | None,
         error: str | None,
+        warm_start: dict[str, str] | None = None,
     ) -> TrainingResult:
         summary = summary or {}
         diagnosis = summary.get("diagnosis") or {
@@ -387,6 +410,7 @@ class Runs:
                 k: _opt_finite(v) for k, v in summary.get("reaction_parameters", {}).items()
             },
             residual=summary.get("residual"),
+            warm_start=warm_start,
             failure=summary.get("failure"),
             error=error,
             budget_left=session.budget_left,

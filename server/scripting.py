@@ -159,10 +159,19 @@ class Tools:
         )
 
     async def train_candidate(
-        self, session_id: str, epochs: int | None = None, wait: bool = True
+        self,
+        session_id: str,
+        epochs: int | None = None,
+        wait: bool = True,
+        warm_start: list[str] | None = None,
     ) -> TrainingResult:
         return await self.call(
-            "train_candidate", TrainingResult, session_id=session_id, epochs=epochs, wait=wait
+            "train_candidate",
+            TrainingResult,
+            session_id=session_id,
+            epochs=epochs,
+            wait=wait,
+            warm_start=warm_start or [],
         )
 
     async def wait_candidate(self, candidate_id: str, timeout_s: float = 45.0) -> CandidateProgress:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from leads_engine.spec import CandidateSpec
+
 from . import catalog_view
 from .anonymise import ReactionAliases
 from .archive import Archive, default_archive_path
@@ -53,7 +55,8 @@ from .models import (
 )
 from .reads import Reads
 from .runs import FIGURES, Runs
-from .state import ProgressCallback, Sessions, SessionStore
+from .state import DiscoverySession, ProgressCallback, Sessions, SessionStore
+from .warm_starts import WarmStart, resolve_warm_start
 
 __all__ = ["FIGURES", "DiscoveryError", "DiscoveryService", "ProgressCallback"]
 
@@ -153,8 +156,17 @@ class DiscoveryService:
     ) -> TrainingResult:
         """Train the draft (one unit of budget); the draft is cleared."""
         session = await self.sessions.get(request.session_id)
-        spec = self.drafts.take(session)
-        return await self.runs.train(session, spec, request.epochs or session.epochs, progress)
+        spec, warm_start = self.take_draft(session, request.warm_start)
+        epochs = request.epochs or session.epochs
+        return await self.runs.train(session, spec, epochs, progress, warm_start=warm_start)
+
+    def take_draft(
+        self, session: DiscoverySession, warm_start: list[str]
+    ) -> tuple[CandidateSpec, WarmStart | None]:
+        """Take the draft for training (one unit of budget) with its warm start, which is
+        checked first: a refused warm start spends nothing and keeps the draft."""
+        start = resolve_warm_start(self.reads, session, self.drafts.complete(session), warm_start)
+        return self.drafts.take(session), start
 
     async def query_archive(self, request: QueryArchive) -> QueryResult:
         """One read-only SELECT, reaction names masked."""

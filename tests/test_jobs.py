@@ -3,6 +3,7 @@ run through the engine's one process runner."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import signal
@@ -26,8 +27,9 @@ from leads_server.jobs import (
 from leads_engine.diffusion import template_source
 from leads_engine.generator import BenchmarkConfig, generate_benchmark
 from leads_engine.heart_mesh import make_lv_mesh
+from leads_engine.hybrid import HybridModel
 from leads_engine.sandbox import exit_cause
-from leads_engine.spec import CandidateSpec
+from leads_engine.spec import CandidateSpec, ResidualSpec
 
 pytestmark = [
     pytest.mark.anyio,
@@ -108,6 +110,34 @@ async def test_progress_events_arrive_and_the_weights_come_back(dataset_path: st
     assert len(payload["summary"]["train_losses"]) == 2
     state = torch.load(io.BytesIO(payload["weights"]), weights_only=True)
     assert state and all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+async def test_a_fit_job_starts_the_shared_parts_from_its_warm_start(dataset_path: str) -> None:
+    """The parent's conductivity field (far from the fresh zeros) is where the child's starts;
+    a parent from another mesh is refused with the cause."""
+    parent = CandidateSpec(reaction="aliev_panfilov", diffusion="laplacian_nodewise")
+    state = {k: v.clone() for k, v in HybridModel.from_spec(parent, 200).state_dict().items()}
+    state["diffusion.raw_log_factor"] = torch.full((200,), 0.7)
+    child = parent.model_copy(update={"reaction_residual": ResidualSpec(hidden=8, layers=1)})
+    job = dataclasses.replace(
+        fit_job(dataset_path, 1, child), warm_start=((parent.model_dump_json(), _bytes(state)),)
+    )
+    payload = await WorkerPool().run(job)
+    trained = torch.load(io.BytesIO(payload["weights"]), weights_only=True)
+    field = trained["diffusion.raw_log_factor"]
+    assert float(field.mean()) == pytest.approx(0.7, abs=0.1)  # cold: near 0
+    assert any(key.startswith("reaction.mlp.") for key in trained)
+
+    other_mesh = HybridModel.from_spec(parent, 50).state_dict()
+    job = dataclasses.replace(job, warm_start=((parent.model_dump_json(), _bytes(other_mesh)),))
+    with pytest.raises(WorkerError, match="WarmStartError.*another mesh"):
+        await WorkerPool().run(job)
+
+
+def _bytes(state: dict[str, torch.Tensor]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
 
 
 async def test_count_and_evaluate_jobs(dataset_path: str) -> None:

@@ -94,6 +94,20 @@ def test_anisotropic_template_follows_and_combines_with_a_helpful_residual():
     plan = plan_step(search)
     assert (plan.template, plan.residual) == ("laplacian_anisotropic", DEFAULT_RESIDUAL)
     assert "residual helped" in plan.thought
+    # the combination starts from both: the residual's reaction and network, then the operator
+    assert plan.warm_start == (hybrid.candidate_id, plain_aniso.candidate_id)
+    decision = asyncio.run(OfflinePolicy().next_action(search, FakeEnv()))
+    assert decision.warm_start == [hybrid.candidate_id, plain_aniso.candidate_id]
+    assert decision.epochs_for(3) == 3 * RESIDUAL_EPOCHS_FACTOR
+
+
+def test_a_hybrid_candidate_is_fine_tuned_longer():
+    plain = cand(10, "reaction_B", "laplacian_nodewise", 0.008, verdict="good_fit")
+    hybrid = cand(11, "reaction_B", "laplacian_nodewise", 0.002, verdict="good_fit")
+    hybrid.residual = dict(DEFAULT_RESIDUAL)
+    assert plain.finetune_epochs(10) == 10
+    assert hybrid.finetune_epochs(10) == 10 * RESIDUAL_EPOCHS_FACTOR
+    assert hybrid.finetune_epochs(60) == 100  # the tool's limit
 
 
 def test_a_tried_anisotropic_template_with_resolved_defaults_is_not_proposed_again():

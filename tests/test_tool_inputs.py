@@ -54,7 +54,7 @@ ARGUMENTS = {
         "template": None,
         "hyperparameters": None,
     },
-    "train_candidate": {"session_id": REQUIRED, "epochs": None, "wait": True},
+    "train_candidate": {"session_id": REQUIRED, "epochs": None, "wait": True, "warm_start": []},
     "query_archive": {"sql": REQUIRED, "max_rows": 200, "session_id": None},
     "wait_candidate": {"candidate_id": REQUIRED, "timeout_s": 45.0},
     "cancel_candidate": {"candidate_id": REQUIRED},
