@@ -110,7 +110,8 @@ class Plan:
         )
 
     def identity(self) -> str:
-        """The action itself (operation, parent, edit included): a refused one is not retried."""
+        """The action itself (operation, parent, edit, residual and warm start included): a
+        refused one is not retried, and a guessed step is kept only when it is this action."""
         parent = self.parent.candidate_id if self.parent else None
         return json.dumps(
             [
@@ -121,6 +122,8 @@ class Plan:
                 parent,
                 self.edit,
                 *([self.residual] if self.residual else []),
+                # a guess decided before a parent trained lacks it: not the same action
+                *([list(self.warm_start)] if self.warm_start else []),
             ],
             sort_keys=True,
             default=str,

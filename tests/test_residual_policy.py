@@ -5,6 +5,7 @@ nothing changes on a set the catalog explains."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 
 from leads_agent.offline import OfflinePolicy, Plan, plan_step
@@ -96,6 +97,9 @@ def test_anisotropic_template_follows_and_combines_with_a_helpful_residual():
     assert "residual helped" in plan.thought
     # the combination starts from both: the residual's reaction and network, then the operator
     assert plan.warm_start == (hybrid.candidate_id, plain_aniso.candidate_id)
+    # a guess of this step made while the plain anisotropic candidate trained lacked it: the
+    # loop must not keep that guess as this step
+    assert plan.identity() != dataclasses.replace(plan, warm_start=plan.warm_start[:1]).identity()
     decision = asyncio.run(OfflinePolicy().next_action(search, FakeEnv()))
     assert decision.warm_start == [hybrid.candidate_id, plain_aniso.candidate_id]
     assert decision.epochs_for(3) == 3 * RESIDUAL_EPOCHS_FACTOR
