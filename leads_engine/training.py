@@ -82,11 +82,20 @@ class TrainingConfig:
     #: frames over which conductances are held; ``None``: the catalog's ``evaluation``
     conductance_refresh_frames: int | None = None
     checkpoint_frames: int | None = 10
+    #: stop after this many epochs without a better validation loss, or after
+    #: ``patience_fraction`` of the fit's epochs if that is more: under the cosine schedule a long
+    #: fit's first epochs take large, noisy steps (a 40-epoch fine-tuning of a hybrid reaction
+    #: stopped at its 8th epoch with a fixed 5, its learning rate still near the top)
     patience: int = 5
+    patience_fraction: float = 0.25
     max_abs: float = 10.0
     compile: bool = True
     device: str | None = None
     seed: int | None = None
+
+    def patience_for_fit(self) -> int:
+        """Epochs without improvement after which this fit stops (see ``patience``)."""
+        return max(self.patience, math.ceil(self.patience_fraction * self.epochs))
 
     def for_template(self, template: str) -> TrainingConfig:
         """This config with what it leaves open (``None``) taken from the template's catalog
@@ -346,7 +355,7 @@ def fit(
                     "split": "val",
                     "epoch": epoch,
                 }
-        elif best_epoch is not None and epoch - best_epoch >= config.patience:
+        elif best_epoch is not None and epoch - best_epoch >= config.patience_for_fit():
             break
 
     if best_state is not None:

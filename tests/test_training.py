@@ -63,6 +63,15 @@ def test_fit_reports_curves_progress_and_keeps_the_best_epoch(tiny):
     }
 
 
+def test_patience_grows_with_a_long_fit_only():
+    """The search's and the default fine-tuning's fits (3-20 epochs) keep the fixed patience of
+    5; a 40-epoch fine-tuning waits 10 epochs, past its noisy large-step start."""
+    assert [TrainingConfig(epochs=e).patience_for_fit() for e in (1, 3, 10, 12, 20)] == [5] * 5
+    assert TrainingConfig(epochs=40).patience_for_fit() == 10
+    assert TrainingConfig(epochs=40, patience=12).patience_for_fit() == 12
+    assert TrainingConfig(epochs=40, patience_fraction=0.0).patience_for_fit() == 5
+
+
 def test_without_a_batch_size_each_template_trains_with_its_catalog_batch(tiny):
     """Physical templates take many small steps (batch 2), neural ones batches of 10;
     an explicit batch size overrides both."""
