@@ -368,7 +368,7 @@ class SearchRun:
             {
                 "session_id": self.session_id,
                 "candidate_id": candidate_id,
-                "epochs": best.finetune_epochs(self.config.finetune),
+                **best.finetune_arguments(self.config.finetune),
             },
         )
 

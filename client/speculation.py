@@ -183,7 +183,7 @@ def _finetune_ahead(run: SearchRun, before_last: SearchState) -> None:
             {
                 "session_id": run.session_id,
                 "candidate_id": best.candidate_id,
-                "epochs": best.finetune_epochs(run.config.finetune),
+                **best.finetune_arguments(run.config.finetune),
             },
         )
     )

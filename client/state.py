@@ -72,6 +72,10 @@ def rows_to_dicts(result: dict[str, Any]) -> list[dict[str, Any]]:
 #: parameters (one budget step still). Measured on the quick anisotropic Beeler-Reuter set: the
 #: combination's test MSE after its fine-tuning was 4.0e-3 with 10 epochs, 3.4e-3 with 40.
 RESIDUAL_EPOCHS_FACTOR = 4
+#: ... and its fine-tuning takes steps this many times the search's: the conductivities' and the
+#: network's full steps made a long fine-tuning of the anisotropic hybrid wander (validation MSE
+#: 6.9e-3 at its best, noisy, from 8.7e-3) where smaller ones settled (4.6e-3, still falling)
+RESIDUAL_FINETUNE_STEP = 0.3
 
 
 @dataclass
@@ -98,11 +102,16 @@ class Candidate:
     val_curve: list[float] = field(default_factory=list)
     step: int | None = None
 
-    def finetune_epochs(self, run_epochs: int) -> int:
-        """The epochs of this candidate's fine-tuning when a run fine-tunes for ``run_epochs``:
-        :data:`RESIDUAL_EPOCHS_FACTOR` times longer for a hybrid reaction (the tool allows at
-        most 100)."""
-        return min(100, run_epochs * (RESIDUAL_EPOCHS_FACTOR if self.residual else 1))
+    def finetune_arguments(self, run_epochs: int) -> dict[str, Any]:
+        """``finetune_candidate``'s epochs (and step) for this candidate when a run fine-tunes
+        for ``run_epochs``: a hybrid reaction's :data:`RESIDUAL_EPOCHS_FACTOR` times longer (the
+        tool allows at most 100) at :data:`RESIDUAL_FINETUNE_STEP` times the steps."""
+        if not self.residual:
+            return {"epochs": run_epochs}
+        return {
+            "epochs": min(100, run_epochs * RESIDUAL_EPOCHS_FACTOR),
+            "learning_rate_scale": RESIDUAL_FINETUNE_STEP,
+        }
 
     @property
     def ok(self) -> bool:

@@ -72,6 +72,9 @@ class TrainingConfig:
     #: Adam step of the diffusion's ``raw_`` conductivity parameters; ``None``: the
     #: template's catalog value (0.03 for the physical templates, 0.1 for the neural ones)
     conductivity_learning_rate: float | None = None
+    #: every learning rate above times this (a fine-tuning from trained weights may take
+    #: smaller steps than the search's fit from scratch)
+    learning_rate_scale: float = 1.0
     grad_clip: float = 1.0
     #: learning rates follow a half cosine from their base value down to this fraction of it
     #: over the fit's batches (1.0: constant): large steps first, then settling into the minimum
@@ -218,7 +221,7 @@ def _optimizer(model: HybridModel, config: TrainingConfig) -> torch.optim.Optimi
     Bounded physical values are stored as ``raw_<name>`` (reaction parameters, conductivity
     levels and maps): the reaction's get ``physical_learning_rate``, the diffusion's
     ``conductivity_learning_rate``, a hybrid reaction's residual ``residual_learning_rate``,
-    everything else (network weights) ``learning_rate``.
+    everything else (network weights) ``learning_rate``; each times ``learning_rate_scale``.
     """
     groups: dict[float, list[torch.nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
@@ -232,7 +235,7 @@ def _optimizer(model: HybridModel, config: TrainingConfig) -> torch.optim.Optimi
             rate = config.conductivity_learning_rate
         else:
             rate = config.physical_learning_rate
-        groups.setdefault(rate, []).append(parameter)
+        groups.setdefault(rate * config.learning_rate_scale, []).append(parameter)
     return torch.optim.Adam([{"params": ps, "lr": rate} for rate, ps in groups.items()])
 
 

@@ -357,6 +357,16 @@ class FinetuneCandidate(ToolInput):
     session_id: SessionId
     candidate_id: CandidateId
     epochs: Epochs = 10
+    learning_rate_scale: Annotated[
+        float,
+        Field(
+            gt=0.0,
+            le=1.0,
+            description="every learning rate times this (1: the search's steps); smaller "
+            "steps suit a long fine-tuning of a network that already fits, e.g. a hybrid "
+            "reaction's residual",
+        ),
+    ] = 1.0
 
 
 class EvaluateCandidate(ToolInput):

@@ -67,6 +67,8 @@ class Job:
     warm_start: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
     sample: int = 0
     compile: bool = True
+    #: a fit's learning rates times this (:attr:`TrainingConfig.learning_rate_scale`)
+    learning_rate_scale: float = 1.0
     #: wall-clock limit of the task in seconds (None: none); see :class:`JobLimits`
     timeout_s: float | None = None
 
@@ -229,7 +231,12 @@ def _run_job(channel: WorkerChannel, job: Job) -> dict[str, Any]:
         return {"parameter_count": HybridModel.from_spec(spec, n_nodes).parameter_count()}
     assert dataset is not None
     # no device given: CUDA when the worker sees a GPU, else the CPU
-    config = TrainingConfig(epochs=job.epochs, batch_size=job.batch_size, compile=job.compile)
+    config = TrainingConfig(
+        epochs=job.epochs,
+        batch_size=job.batch_size,
+        compile=job.compile,
+        learning_rate_scale=job.learning_rate_scale,
+    )
     if job.kind == "evaluate":
         result = evaluate(spec, dataset, initial_state, split=job.split, config=config)
         sample = min(job.sample, len(result.at_true) - 1)

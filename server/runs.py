@@ -59,10 +59,12 @@ def _final_state(
     weights: bytes | None,
     epochs: int,
     warm_start: dict[str, str] | None = None,
+    learning_rate_scale: float = 1.0,
 ) -> dict[str, Any]:
     """The archive's final state of a candidate whose fit returned ``summary`` (status ``ok``
     or ``unstable``; an unstable fit that diverged in its first epoch has no weights);
-    ``warm_start`` (which candidate gave which part) is kept with its metrics."""
+    ``warm_start`` (which candidate gave which part) and a ``learning_rate_scale`` other than 1
+    are kept with its metrics."""
     train = summary["train_losses"]
     best = summary["best_epoch"]
     return {
@@ -78,7 +80,9 @@ def _final_state(
             "reaction_parameters": summary["reaction_parameters"],
             "residual": summary.get("residual"),
             "epochs_requested": epochs,
-            "warm_start": warm_start,
+            # how this fit started, when not as usual (from scratch, at the search's steps)
+            **({"warm_start": warm_start} if warm_start else {}),
+            **({"learning_rate_scale": learning_rate_scale} if learning_rate_scale != 1 else {}),
         },
         "diagnosis": summary["diagnosis"]["text"],
         "error": None if summary["status"] == "ok" else json.dumps(summary["failure"]),
@@ -223,7 +227,14 @@ class Runs:
         spec = self.reads.spec_of(parent, session).model_copy(
             update={"parent_id": request.candidate_id, "operation": "finetune"}
         )
-        return await self.train(session, spec, request.epochs, progress, weights)
+        return await self.train(
+            session,
+            spec,
+            request.epochs,
+            progress,
+            weights,
+            learning_rate_scale=request.learning_rate_scale,
+        )
 
     async def train(
         self,
@@ -234,6 +245,7 @@ class Runs:
         weights: bytes | None = None,
         started: Callable[[str], None] | None = None,
         warm_start: WarmStart | None = None,
+        learning_rate_scale: float = 1.0,
     ) -> TrainingResult:
         """Train ``spec`` (from ``weights`` when given, else with the parts ``warm_start``
         names started from its parents') into a new archived candidate; ``started`` learns the
@@ -298,6 +310,7 @@ class Runs:
             epochs=epochs,
             timeout_s=self._timeout(session, epochs),
             warm_start=warm_start.parents if warm_start is not None else (),
+            learning_rate_scale=learning_rate_scale,
         )
         self.running.add(candidate_id)
         try:
@@ -330,7 +343,9 @@ class Runs:
         try:
             payload = await self.pool.run(job, on_epoch)
             summary = payload["summary"]
-            final = _final_state(summary, payload.get("weights"), job.epochs, warm_start)
+            final = _final_state(
+                summary, payload.get("weights"), job.epochs, warm_start, job.learning_rate_scale
+            )
         except WorkerError as exc:
             summary = None
             final = {"status": "failed", "error": INTERRUPTED_ERROR if self.stopping else str(exc)}

@@ -193,7 +193,11 @@ class Tools:
         return await self.call("get_candidate", CandidateRecord, candidate_id=candidate_id)
 
     async def finetune_candidate(
-        self, session_id: str, candidate_id: str, epochs: int = 10
+        self,
+        session_id: str,
+        candidate_id: str,
+        epochs: int = 10,
+        learning_rate_scale: float = 1.0,
     ) -> TrainingResult:
         return await self.call(
             "finetune_candidate",
@@ -201,6 +205,7 @@ class Tools:
             session_id=session_id,
             candidate_id=candidate_id,
             epochs=epochs,
+            learning_rate_scale=learning_rate_scale,
         )
 
     async def evaluate_candidate(

@@ -14,7 +14,7 @@ from leads_agent.offline_beyond import (
     RESIDUAL_EPOCHS_FACTOR,
     explained_variance,
 )
-from leads_agent.state import Candidate
+from leads_agent.state import RESIDUAL_FINETUNE_STEP, Candidate
 from test_offline import FakeEnv, cand, screened, state
 
 
@@ -105,13 +105,16 @@ def test_anisotropic_template_follows_and_combines_with_a_helpful_residual():
     assert decision.epochs_for(3) == 3 * RESIDUAL_EPOCHS_FACTOR
 
 
-def test_a_hybrid_candidate_is_fine_tuned_longer():
+def test_a_hybrid_candidate_is_fine_tuned_longer_with_smaller_steps():
     plain = cand(10, "reaction_B", "laplacian_nodewise", 0.008, verdict="good_fit")
     hybrid = cand(11, "reaction_B", "laplacian_nodewise", 0.002, verdict="good_fit")
     hybrid.residual = dict(DEFAULT_RESIDUAL)
-    assert plain.finetune_epochs(10) == 10
-    assert hybrid.finetune_epochs(10) == 10 * RESIDUAL_EPOCHS_FACTOR
-    assert hybrid.finetune_epochs(60) == 100  # the tool's limit
+    assert plain.finetune_arguments(10) == {"epochs": 10}
+    assert hybrid.finetune_arguments(10) == {
+        "epochs": 10 * RESIDUAL_EPOCHS_FACTOR,
+        "learning_rate_scale": RESIDUAL_FINETUNE_STEP,
+    }
+    assert hybrid.finetune_arguments(60)["epochs"] == 100  # the tool's limit
 
 
 def test_a_tried_anisotropic_template_with_resolved_defaults_is_not_proposed_again():

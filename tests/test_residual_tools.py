@@ -78,14 +78,35 @@ async def test_a_residual_candidate_trains_reloads_and_evaluates_through_the_too
     assert refined["parent_id"] == hybrid["candidate_id"]
 
     # fine-tuning starts from the stored weights (the residual's included) and reports it
+    # (with smaller steps, as the agent fine-tunes a hybrid; archived with the candidate)
     tuned = await client.call_tool(
         "finetune_candidate",
-        {"session_id": session_id, "candidate_id": hybrid["candidate_id"], "epochs": 1},
+        {
+            "session_id": session_id,
+            "candidate_id": hybrid["candidate_id"],
+            "epochs": 1,
+            "learning_rate_scale": 0.3,
+        },
     )
     assert not tuned.is_error, tuned.content[0].text
     tuned = tuned.structured_content
     assert tuned["status"] == "ok" and tuned["residual"]["hidden"] == 8
     assert tuned["val_losses"][0] <= hybrid["best_val_loss"] * 1.5
+    record = await call(client, "get_candidate", candidate_id=tuned["candidate_id"])
+    assert record["metrics"]["learning_rate_scale"] == 0.3
+    assert (
+        "learning_rate_scale"
+        not in (await call(client, "get_candidate", candidate_id=hybrid["candidate_id"]))["metrics"]
+    )
+    for scale in (0.0, 1.5):
+        text = await fails(
+            client,
+            "finetune_candidate",
+            session_id=session_id,
+            candidate_id=hybrid["candidate_id"],
+            learning_rate_scale=scale,
+        )
+        assert "learning_rate_scale" in text
 
     # evaluating the stored weights on the validation split gives the trained val loss back
     scores = await call(

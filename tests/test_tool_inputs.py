@@ -59,7 +59,12 @@ ARGUMENTS = {
     "wait_candidate": {"candidate_id": REQUIRED, "timeout_s": 45.0},
     "cancel_candidate": {"candidate_id": REQUIRED},
     "get_candidate": {"candidate_id": REQUIRED},
-    "finetune_candidate": {"session_id": REQUIRED, "candidate_id": REQUIRED, "epochs": 10},
+    "finetune_candidate": {
+        "session_id": REQUIRED,
+        "candidate_id": REQUIRED,
+        "epochs": 10,
+        "learning_rate_scale": 1.0,
+    },
     "evaluate_candidate": {"session_id": REQUIRED, "candidate_id": REQUIRED, "split": "test"},
     "record_step": {
         "session_id": REQUIRED,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -61,6 +62,25 @@ def test_fit_reports_curves_progress_and_keeps_the_best_epoch(tiny):
         "underfitting",
         "overfitting",
     }
+
+
+def test_the_learning_rate_scale_scales_every_group():
+    from leads_engine.hybrid import HybridModel
+    from leads_engine.training import _optimizer
+
+    spec = CandidateSpec(
+        reaction="ap",
+        diffusion="laplacian_nodewise",
+        reaction_residual={"hidden": 8, "layers": 1},
+    )
+    model = HybridModel.from_spec(spec, 20)
+    config = TrainingConfig(conductivity_learning_rate=0.03)
+    full = sorted(g["lr"] for g in _optimizer(model, config).param_groups)
+    scaled = sorted(
+        g["lr"] for g in _optimizer(model, replace(config, learning_rate_scale=0.3)).param_groups
+    )
+    assert len(full) == 3  # the reaction, the conductivities, the residual's network
+    assert scaled == pytest.approx([0.3 * rate for rate in full])
 
 
 def test_patience_grows_with_a_long_fit_only():
