@@ -21,6 +21,7 @@ time in a process (:func:`_one_figure_at_a_time`).
 from __future__ import annotations
 
 import functools
+import textwrap
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
@@ -297,6 +298,10 @@ def plot_activation_comparison(
     return _save(fig, path)
 
 
+#: characters per line of a panel title in :func:`plot_activation_grid` (a 3.2-inch panel)
+TITLE_CHARACTERS = 38
+
+
 @_one_figure_at_a_time
 def plot_activation_grid(
     rows: list[tuple[str, Any, Any, dict[str, Any]]],
@@ -327,7 +332,9 @@ def plot_activation_grid(
             missed = error.missed_fraction
             note = "" if c == 0 else f"\nAT MAE {error.mae:.2f} ms"
             note += f", {missed:.0%} never activated" if missed >= 0.005 else ""
-            ax.set_title(f"{label}: {title}{note}", fontsize=8)
+            # wrapped to the panel's width: method names run long ("Best catalog structure ...")
+            heading = textwrap.fill(f"{label}: {title}", width=TITLE_CHARACTERS)
+            ax.set_title(f"{heading}{note}", fontsize=8)
         fig.colorbar(
             ScalarMappable(norm=norm, cmap=cmap),
             ax=fig.axes[-len(values) :],

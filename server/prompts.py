@@ -61,7 +61,8 @@ reaction's code: read it at session://{{session_id}}/reaction/{{name}} and call 
 modify_reaction(session_id, source, candidate_id=...) or modify_reaction(session_id, source, \
 reaction=...).
 
-Finish: finetune_candidate the best candidate (lowest validation loss), then \
+Finish: finetune_candidate the best candidate (lowest validation loss; a hybrid reaction \
+longer, e.g. epochs=40, with smaller steps, learning_rate_scale=0.3), then \
 evaluate_candidate the fine-tuned one on the test split, look at its activation map and \
 training curves, and report the structure, its test MSE and activation-time error, and what \
 the search taught you."""
