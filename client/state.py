@@ -72,9 +72,10 @@ def rows_to_dicts(result: dict[str, Any]) -> list[dict[str, Any]]:
 #: parameters (one budget step still). Measured on the quick anisotropic Beeler-Reuter set: the
 #: combination's test MSE after its fine-tuning was 4.0e-3 with 10 epochs, 3.4e-3 with 40.
 RESIDUAL_EPOCHS_FACTOR = 4
-#: ... and its fine-tuning takes steps this many times the search's: the conductivities' and the
-#: network's full steps made a long fine-tuning of the anisotropic hybrid wander (validation MSE
-#: 6.9e-3 at its best, noisy, from 8.7e-3) where smaller ones settled (4.6e-3, still falling)
+#: ... and its fine-tuning, like a warm-started combination, takes steps this many times the
+#: search's: the full steps made a long fine-tuning of the anisotropic hybrid wander (validation
+#: MSE 6.9e-3 at its best, noisy, from 8.7e-3) where smaller ones settled (3.8e-3), and Adam's
+#: first full steps took a warm-started combination to a non-finite gradient in its first epoch
 RESIDUAL_FINETUNE_STEP = 0.3
 
 
@@ -274,6 +275,8 @@ class Decision:
     #: trained candidates whose shared parts (reaction, residual, diffusion) start the new one
     #: (train_candidate's ``warm_start``): a combination of two structures starts from both
     warm_start: list[str] = field(default_factory=list)
+    #: train_candidate's ``learning_rate_scale``: smaller steps for a warm start
+    learning_rate_scale: float = 1.0
 
     def epochs_for(self, run_epochs: int) -> int:
         """The epochs to ask train_candidate for (the tool allows at most 100)."""

@@ -43,7 +43,11 @@ class BackgroundTrainings:
         self.trainings: dict[str, Training] = {}
 
     async def start(
-        self, session: DiscoverySession, epochs: int, warm_start: list[str] | None = None
+        self,
+        session: DiscoverySession,
+        epochs: int,
+        warm_start: list[str] | None = None,
+        learning_rate_scale: float = 1.0,
     ) -> TrainingResult:
         """Take the session's draft (one unit of budget) and train it in the background, its
         shared parts started from the ``warm_start`` candidates'."""
@@ -66,7 +70,14 @@ class BackgroundTrainings:
         async def run() -> TrainingResult:
             try:
                 return await self.service.runs.train(
-                    session, spec, epochs, report, None, started, warm_start=start
+                    session,
+                    spec,
+                    epochs,
+                    report,
+                    None,
+                    started,
+                    warm_start=start,
+                    learning_rate_scale=learning_rate_scale,
                 )
             finally:
                 begun.set()

@@ -35,7 +35,10 @@ class HostTools:
             return await self.service.train_candidate(request, progress)
         session = await self.service.sessions.get(request.session_id)
         return await self.background.start(
-            session, request.epochs or session.epochs, request.warm_start
+            session,
+            request.epochs or session.epochs,
+            request.warm_start,
+            request.learning_rate_scale,
         )
 
     async def wait_candidate(self, request: WaitCandidate) -> CandidateProgress:

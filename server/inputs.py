@@ -91,6 +91,16 @@ ReactionSource = Annotated[
     ),
 ]
 Epochs = Annotated[int, Field(ge=1, le=100, description="training epochs")]
+LearningRateScale = Annotated[
+    float,
+    Field(
+        gt=0.0,
+        le=1.0,
+        description="every learning rate times this (1: the search's steps); smaller steps "
+        "suit training that starts from trained weights (a fine-tuning, a warm start): "
+        "Adam's first steps move every parameter by about its learning rate",
+    ),
+]
 Split = Literal["train", "val", "test"]
 SqlQuery = Annotated[
     str,
@@ -248,6 +258,7 @@ class TrainCandidate(ToolInput):
             "in the background (for hosts whose requests time out)"
         ),
     ] = True
+    learning_rate_scale: LearningRateScale = 1.0
     warm_start: Annotated[
         list[CandidateId],
         Field(
@@ -357,16 +368,7 @@ class FinetuneCandidate(ToolInput):
     session_id: SessionId
     candidate_id: CandidateId
     epochs: Epochs = 10
-    learning_rate_scale: Annotated[
-        float,
-        Field(
-            gt=0.0,
-            le=1.0,
-            description="every learning rate times this (1: the search's steps); smaller "
-            "steps suit a long fine-tuning of a network that already fits, e.g. a hybrid "
-            "reaction's residual",
-        ),
-    ] = 1.0
+    learning_rate_scale: LearningRateScale = 1.0
 
 
 class EvaluateCandidate(ToolInput):

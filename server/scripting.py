@@ -164,6 +164,7 @@ class Tools:
         epochs: int | None = None,
         wait: bool = True,
         warm_start: list[str] | None = None,
+        learning_rate_scale: float = 1.0,
     ) -> TrainingResult:
         return await self.call(
             "train_candidate",
@@ -172,6 +173,7 @@ class Tools:
             epochs=epochs,
             wait=wait,
             warm_start=warm_start or [],
+            learning_rate_scale=learning_rate_scale,
         )
 
     async def wait_candidate(self, candidate_id: str, timeout_s: float = 45.0) -> CandidateProgress:

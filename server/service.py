@@ -158,7 +158,14 @@ class DiscoveryService:
         session = await self.sessions.get(request.session_id)
         spec, warm_start = self.take_draft(session, request.warm_start)
         epochs = request.epochs or session.epochs
-        return await self.runs.train(session, spec, epochs, progress, warm_start=warm_start)
+        return await self.runs.train(
+            session,
+            spec,
+            epochs,
+            progress,
+            warm_start=warm_start,
+            learning_rate_scale=request.learning_rate_scale,
+        )
 
     def take_draft(
         self, session: DiscoverySession, warm_start: list[str]

@@ -102,6 +102,7 @@ def test_anisotropic_template_follows_and_combines_with_a_helpful_residual():
     assert plan.identity() != dataclasses.replace(plan, warm_start=plan.warm_start[:1]).identity()
     decision = asyncio.run(OfflinePolicy().next_action(search, FakeEnv()))
     assert decision.warm_start == [hybrid.candidate_id, plain_aniso.candidate_id]
+    assert decision.learning_rate_scale == RESIDUAL_FINETUNE_STEP  # a warm start's smaller steps
     assert decision.epochs_for(3) == 3 * RESIDUAL_EPOCHS_FACTOR
 
 

@@ -33,13 +33,14 @@ async def test_a_combination_starts_from_its_parents(client: Client) -> None:
     parents = [hybrid["candidate_id"], operator["candidate_id"]]
 
     await _select(client, session_id, "laplacian_nodewise", residual=True)
-    combined, _ = await train(client, session_id, warm_start=parents)
+    combined, _ = await train(client, session_id, warm_start=parents, learning_rate_scale=0.3)
     assert combined["status"] == "ok", combined
     expected = {"reaction": parents[0], "residual": parents[0], "diffusion": parents[1]}
     assert combined["warm_start"] == expected
     assert combined["budget_left"] == 2
     record = await call(client, "get_candidate", candidate_id=combined["candidate_id"])
     assert record["metrics"]["warm_start"] == expected
+    assert record["metrics"]["learning_rate_scale"] == 0.3
 
     # the copy itself (tensors from the parents, a fresh rest) is checked at the worker:
     # tests/test_jobs.py and tests/test_warm_start.py
