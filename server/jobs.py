@@ -215,6 +215,7 @@ def _run_job(channel: WorkerChannel, job: Job) -> dict[str, Any]:
     from leads_engine.dataset import load_dataset
     from leads_engine.spec import CandidateSpec
     from leads_engine.training import TrainingConfig, TrainingProgress, evaluate, fit
+    from leads_engine.warm_start import warm_state  # before a lock-down forbids the import
 
     torch.set_num_threads(1)
     if job.kind == "ping":
@@ -281,8 +282,6 @@ def _run_job(channel: WorkerChannel, job: Job) -> dict[str, Any]:
         last[0] = now
 
     if job.warm_start:  # after the lock-down: building the new model may run edited code
-        from leads_engine.warm_start import warm_state
-
         parents = [
             (CandidateSpec.model_validate_json(parent), _load_state(weights))
             for parent, weights in job.warm_start

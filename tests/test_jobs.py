@@ -128,6 +128,17 @@ async def test_a_fit_job_starts_the_shared_parts_from_its_warm_start(dataset_pat
     assert float(field.mean()) == pytest.approx(0.7, abs=0.1)  # cold: near 0
     assert any(key.startswith("reaction.mlp.") for key in trained)
 
+    # edited code trains in the locked-down worker: the warm start works there too
+    edited = child.model_copy(update={"diffusion_source": template_source("laplacian_nodewise")})
+    edited_parent = parent.model_copy(update={"diffusion_source": edited.diffusion_source})
+    edited_job = dataclasses.replace(
+        fit_job(dataset_path, 1, edited),
+        warm_start=((edited_parent.model_dump_json(), _bytes(state)),),
+    )
+    payload = await WorkerPool().run(edited_job)
+    trained = torch.load(io.BytesIO(payload["weights"]), weights_only=True)
+    assert float(trained["diffusion.raw_log_factor"].mean()) == pytest.approx(0.7, abs=0.1)
+
     other_mesh = HybridModel.from_spec(parent, 50).state_dict()
     job = dataclasses.replace(job, warm_start=((parent.model_dump_json(), _bytes(other_mesh)),))
     with pytest.raises(WorkerError, match="WarmStartError.*another mesh"):
