@@ -426,11 +426,7 @@ class Drafts:
 
     def take(self, session: DiscoverySession) -> CandidateSpec:
         """Take the draft for training: one unit of budget; the draft is cleared."""
-        if session.steps_used >= session.budget:
-            raise DiscoveryError(
-                f"search budget exhausted ({session.steps_used} of {session.budget} candidates "
-                "trained); finetune_candidate and evaluate_candidate remain available"
-            )
+        self.check_budget(session)
         spec = self.complete(session)
         self._refuse_duplicate(session, spec)
         if spec.has_edited_code:
@@ -439,6 +435,15 @@ class Drafts:
         self.sessions.save_draft(session)
         session.steps_used += 1
         return spec
+
+    @staticmethod
+    def check_budget(session: DiscoverySession) -> None:
+        """Refuse when the session's search budget is spent."""
+        if session.steps_used >= session.budget:
+            raise DiscoveryError(
+                f"search budget exhausted ({session.steps_used} of {session.budget} candidates "
+                "trained); finetune_candidate and evaluate_candidate remain available"
+            )
 
     def _refuse_duplicate(self, session: DiscoverySession, spec: CandidateSpec) -> None:
         """Refuse (no budget spent, the draft kept) a structure this session already trained to

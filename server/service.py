@@ -172,7 +172,11 @@ class DiscoveryService:
     ) -> tuple[CandidateSpec, WarmStart | None]:
         """Take the draft for training (one unit of budget) with its warm start, which is
         checked first: a refused warm start spends nothing and keeps the draft."""
-        start = resolve_warm_start(self.reads, session, self.drafts.complete(session), warm_start)
+        start = None
+        if warm_start:  # the budget and the draft are checked first, as without a warm start
+            self.drafts.check_budget(session)
+            spec = self.drafts.complete(session)
+            start = resolve_warm_start(self.reads, session, spec, warm_start)
         return self.drafts.take(session), start
 
     async def query_archive(self, request: QueryArchive) -> QueryResult:
