@@ -21,16 +21,17 @@ parts are found from the specs and copied key by key, each key's shape checked.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from typing import TypeVar
 
 import torch
 
 from .hybrid import HybridModel
 from .spec import CandidateSpec
 
-#: the parts a warm start can copy, in the order they are reported
-PARTS: tuple[str, ...] = ("reaction", "residual", "diffusion")
 _RESIDUAL_PREFIX = "reaction.mlp."
+#: how a caller names the parents (a candidate id, an index)
+ParentKey = TypeVar("ParentKey", bound=Hashable)
 
 
 class WarmStartError(ValueError):
@@ -66,11 +67,11 @@ def shared_parts(spec: CandidateSpec, parent: CandidateSpec) -> tuple[str, ...]:
 
 
 def part_sources(
-    spec: CandidateSpec, parents: Sequence[tuple[str, CandidateSpec]]
-) -> dict[str, str]:
-    """Which parent gives each part: ``{part: parent id}``, the first of ``parents`` (id, spec)
-    that shares it; parts no parent shares start fresh and are absent."""
-    sources: dict[str, str] = {}
+    spec: CandidateSpec, parents: Sequence[tuple[ParentKey, CandidateSpec]]
+) -> dict[str, ParentKey]:
+    """Which parent gives each part: ``{part: parent key}``, the first of ``parents`` (key,
+    spec) that shares it; parts no parent shares start fresh and are absent."""
+    sources: dict[str, ParentKey] = {}
     for parent_id, parent in parents:
         for part in shared_parts(spec, parent):
             sources.setdefault(part, parent_id)
@@ -99,22 +100,19 @@ def warm_state(
     Raises :class:`WarmStartError` when a shared part's tensors are missing from the parent's
     state or have other shapes (a parent trained on another mesh)."""
     state = HybridModel.from_spec(spec, num_nodes).state_dict()
-    sources: dict[str, int] = {}
-    for index, (parent, parent_state) in enumerate(parents):
-        for part in shared_parts(spec, parent):
-            if part in sources:
-                continue
-            sources[part] = index
-            mine, theirs = _prefix(spec, part), _prefix(parent, part)
-            for key in [k for k in state if k.startswith(mine)]:
-                source_key = theirs + key[len(mine) :]
-                value = parent_state.get(source_key)
-                if value is None or value.shape != state[key].shape:
-                    found = "missing" if value is None else f"shape {tuple(value.shape)}"
-                    raise WarmStartError(
-                        f"the warm start's parent {index + 1} cannot give the {part}: its "
-                        f"{source_key!r} is {found}, the new candidate's {key!r} has shape "
-                        f"{tuple(state[key].shape)} (was it trained on another mesh?)"
-                    )
-                state[key] = value.detach().clone().to(state[key].dtype)
+    sources = part_sources(spec, [(index, parent) for index, (parent, _) in enumerate(parents)])
+    for part, index in sources.items():
+        parent, parent_state = parents[index]
+        mine, theirs = _prefix(spec, part), _prefix(parent, part)
+        for key in [k for k in state if k.startswith(mine)]:
+            source_key = theirs + key[len(mine) :]
+            value = parent_state.get(source_key)
+            if value is None or value.shape != state[key].shape:
+                found = "missing" if value is None else f"shape {tuple(value.shape)}"
+                raise WarmStartError(
+                    f"the warm start's parent {index + 1} cannot give the {part}: its "
+                    f"{source_key!r} is {found}, the new candidate's {key!r} has shape "
+                    f"{tuple(state[key].shape)} (was it trained on another mesh?)"
+                )
+            state[key] = value.detach().clone().to(state[key].dtype)
     return state, sources

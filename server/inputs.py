@@ -101,6 +101,8 @@ LearningRateScale = Annotated[
         "Adam's first steps move every parameter by about its learning rate",
     ),
 ]
+#: at most this many candidates warm-start one draft (one per part is enough)
+MAX_WARM_START = 3
 Split = Literal["train", "val", "test"]
 SqlQuery = Annotated[
     str,
@@ -262,7 +264,7 @@ class TrainCandidate(ToolInput):
     warm_start: Annotated[
         list[CandidateId],
         Field(
-            max_length=3,
+            max_length=MAX_WARM_START,
             description="trained candidates whose parameters initialise the parts of the draft "
             "they share (the reaction model, a residual network of the same shape, the same "
             "diffusion template and hyper-parameters), the first that has a part giving it; "

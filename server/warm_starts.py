@@ -16,11 +16,9 @@ from leads_engine.spec import CandidateSpec
 from leads_engine.warm_start import part_sources, shared_parts
 
 from .errors import DiscoveryError
+from .inputs import MAX_WARM_START
 from .reads import Reads
 from .state import DiscoverySession
-
-#: at most this many candidates initialise one draft (one per part is enough)
-MAX_WARM_START = 3
 
 
 @dataclass(frozen=True)
