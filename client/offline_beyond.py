@@ -32,7 +32,7 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
-from .state import RESIDUAL_EPOCHS_FACTOR, RESIDUAL_FINETUNE_STEP, Candidate, SearchState
+from .state import RESIDUAL_EPOCHS_FACTOR, Candidate, SearchState
 
 if TYPE_CHECKING:
     from .offline import Plan
@@ -140,12 +140,10 @@ def beyond_plan(state: SearchState, reaction: str, plan_type: type[Plan]) -> lis
                     f"{head} The residual helped ({best_hybrid.candidate_id}, val "
                     f"{best_hybrid.val_loss:.4g} < {best.val_loss:.4g}): combine it with "
                     f"anisotropic conduction ({ANISOTROPIC}), starting from "
-                    f"{' and '.join(c.candidate_id for c in parents)}'s trained parameters "
-                    f"with {RESIDUAL_FINETUNE_STEP}x steps, as a fine-tuning.",
+                    f"{' and '.join(c.candidate_id for c in parents)}'s trained parameters.",
                     residual=dict(best_hybrid.residual or DEFAULT_RESIDUAL),
                     epochs_factor=RESIDUAL_EPOCHS_FACTOR,
                     warm_start=tuple(c.candidate_id for c in parents),
-                    learning_rate_scale=RESIDUAL_FINETUNE_STEP,
                 )
             )
     if len(plans) > 1 and _LACKS_DIFFUSION.search(best.diagnosis or ""):

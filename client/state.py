@@ -72,11 +72,13 @@ def rows_to_dicts(result: dict[str, Any]) -> list[dict[str, Any]]:
 #: parameters (one budget step still). Measured on the quick anisotropic Beeler-Reuter set: the
 #: combination's test MSE after its fine-tuning was 4.0e-3 with 10 epochs, 3.4e-3 with 40.
 RESIDUAL_EPOCHS_FACTOR = 4
-#: ... and its fine-tuning, like a warm-started combination, takes steps this many times the
-#: search's: the full steps made a long fine-tuning of the anisotropic hybrid wander (validation
-#: MSE 6.9e-3 at its best, noisy, from 8.7e-3) where smaller ones settled (3.8e-3), and Adam's
-#: first full steps took a warm-started combination to a non-finite gradient in its first epoch
-RESIDUAL_FINETUNE_STEP = 0.3
+#: ... and its fine-tuning warms its learning rates up over this many epochs (the server warms
+#: up a warm-started combination the same way): Adam's first full steps threw the trained
+#: weights out (a long fine-tuning of the anisotropic hybrid wandered, validation MSE 6.9e-3 at
+#: its best from 8.7e-3). On the quick anisotropic Beeler-Reuter set, seeds 0 and 1, the
+#: combination's test MSE after its fine-tuning was 2.46e-3 / 2.44e-3 with full steps and this
+#: warm-up, against 3.33e-3 / 2.27e-3 with 0.3x steps and none.
+RESIDUAL_FINETUNE_WARMUP = 1.0
 
 
 @dataclass
@@ -104,14 +106,14 @@ class Candidate:
     step: int | None = None
 
     def finetune_arguments(self, run_epochs: int) -> dict[str, Any]:
-        """``finetune_candidate``'s epochs (and step) for this candidate when a run fine-tunes
-        for ``run_epochs``: a hybrid reaction's :data:`RESIDUAL_EPOCHS_FACTOR` times longer (the
-        tool allows at most 100) at :data:`RESIDUAL_FINETUNE_STEP` times the steps."""
+        """``finetune_candidate``'s epochs (and warm-up) for this candidate when a run
+        fine-tunes for ``run_epochs``: a hybrid reaction's :data:`RESIDUAL_EPOCHS_FACTOR` times
+        longer (the tool allows at most 100), warming up over :data:`RESIDUAL_FINETUNE_WARMUP`."""
         if not self.residual:
             return {"epochs": run_epochs}
         return {
             "epochs": min(100, run_epochs * RESIDUAL_EPOCHS_FACTOR),
-            "learning_rate_scale": RESIDUAL_FINETUNE_STEP,
+            "warmup_epochs": RESIDUAL_FINETUNE_WARMUP,
         }
 
     @property
@@ -275,7 +277,7 @@ class Decision:
     #: trained candidates whose shared parts (reaction, residual, diffusion) start the new one
     #: (train_candidate's ``warm_start``): a combination of two structures starts from both
     warm_start: list[str] = field(default_factory=list)
-    #: train_candidate's ``learning_rate_scale``: smaller steps for a warm start
+    #: train_candidate's ``learning_rate_scale`` (1: the search's steps)
     learning_rate_scale: float = 1.0
 
     def epochs_for(self, run_epochs: int) -> int:

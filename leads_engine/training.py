@@ -79,6 +79,12 @@ class TrainingConfig:
     #: learning rates follow a half cosine from their base value down to this fraction of it
     #: over the fit's batches (1.0: constant): large steps first, then settling into the minimum
     final_lr_fraction: float = 0.1
+    #: learning rates rise linearly from near zero to their base value over this many epochs'
+    #: batches before the cosine takes over (0: none): a fit started from trained weights
+    #: (a warm start) meets a loss surface it is already deep in, where full first steps can
+    #: throw it out (a residual + anisotropic fit warm-started from its parents at full steps
+    #: diverged in its first epoch)
+    warmup_epochs: float = 0.0
     steps_per_frame: int = 5
     #: reaction Euler sub-steps per integration step; ``None``: what the reaction model needs
     reaction_substeps: int | None = None
@@ -239,9 +245,17 @@ def _optimizer(model: HybridModel, config: TrainingConfig) -> torch.optim.Optimi
     return torch.optim.Adam([{"params": ps, "lr": rate} for rate, ps in groups.items()])
 
 
-def _cosine_factor(total_steps: int, final_fraction: float, step: int) -> float:
-    """Learning-rate factor after ``step`` of ``total_steps`` optimizer steps (half cosine)."""
-    progress = min(step / max(total_steps - 1, 1), 1.0)
+def _learning_rate_factor(
+    total_steps: int, final_fraction: float, warmup_steps: int, step: int
+) -> float:
+    """Learning-rate factor for optimizer step ``step`` of ``total_steps``.
+
+    A linear warm-up ``(step + 1) / (warmup_steps + 1)`` over the first ``warmup_steps`` steps,
+    then a half cosine from 1 down to ``final_fraction`` over the remaining ones.
+    """
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    progress = min((step - warmup_steps) / max(total_steps - warmup_steps - 1, 1), 1.0)
     return final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -276,9 +290,13 @@ def fit(
     shuffler = torch.Generator().manual_seed(seed)
     batch_size = int(config.batch_size)  # resolved by for_template
     batches = math.ceil(len(train_index) / batch_size)
+    total_steps = config.epochs * batches
+    warmup_steps = min(round(config.warmup_epochs * batches), total_steps - 1)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        functools.partial(_cosine_factor, config.epochs * batches, config.final_lr_fraction),
+        functools.partial(
+            _learning_rate_factor, total_steps, config.final_lr_fraction, max(warmup_steps, 0)
+        ),
     )
 
     train_losses: list[float] = []

@@ -268,8 +268,9 @@ class TrainCandidate(ToolInput):
             description="trained candidates whose parameters initialise the parts of the draft "
             "they share (the reaction model, a residual network of the same shape, the same "
             "diffusion template and hyper-parameters), the first that has a part giving it; "
-            "other parts start fresh. E.g. combine a residual found on one operator with "
-            "another operator: [residual candidate, operator candidate]",
+            "other parts start fresh; the learning rates then rise over the first epoch. E.g. "
+            "combine a residual found on one operator with another operator: [residual "
+            "candidate, operator candidate]",
         ),
     ] = []
 
@@ -371,6 +372,16 @@ class FinetuneCandidate(ToolInput):
     candidate_id: CandidateId
     epochs: Epochs = 10
     learning_rate_scale: LearningRateScale = 1.0
+    warmup_epochs: Annotated[
+        float,
+        Field(
+            ge=0.0,
+            le=10.0,
+            description="epochs over which the learning rates rise linearly from near zero to "
+            "their value before decaying (0: none); a long fine-tuning at full steps, e.g. of a "
+            "hybrid reaction, keeps its trained weights through Adam's first steps with 1",
+        ),
+    ] = 0.0
 
 
 class EvaluateCandidate(ToolInput):

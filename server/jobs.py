@@ -69,6 +69,8 @@ class Job:
     compile: bool = True
     #: a fit's learning rates times this (:attr:`TrainingConfig.learning_rate_scale`)
     learning_rate_scale: float = 1.0
+    #: epochs over which the learning rates warm up (:attr:`TrainingConfig.warmup_epochs`)
+    warmup_epochs: float = 0.0
     #: wall-clock limit of the task in seconds (None: none); see :class:`JobLimits`
     timeout_s: float | None = None
 
@@ -237,6 +239,7 @@ def _run_job(channel: WorkerChannel, job: Job) -> dict[str, Any]:
         batch_size=job.batch_size,
         compile=job.compile,
         learning_rate_scale=job.learning_rate_scale,
+        warmup_epochs=job.warmup_epochs,
     )
     if job.kind == "evaluate":
         result = evaluate(spec, dataset, initial_state, split=job.split, config=config)

@@ -55,14 +55,16 @@ anisotropic diffusion template when the catalog has one. To combine two structur
 helped (a residual on one operator, the anisotropic operator with the plain reaction), train \
 the combination with train_candidate(session_id, warm_start=[residual candidate, operator \
 candidate]): each part they share with it (reaction, residual network, operator) starts from \
-its trained values instead of from zero. When the diagnosis points at the \
+its trained values instead of from zero (its learning rates warm up over the first \
+epoch). When the diagnosis points at the \
 reaction (the action potential's shape) and a residual did not close the gap, edit the \
 reaction's code: read it at session://{{session_id}}/reaction/{{name}} and call \
 modify_reaction(session_id, source, candidate_id=...) or modify_reaction(session_id, source, \
 reaction=...).
 
 Finish: finetune_candidate the best candidate (lowest validation loss; a hybrid reaction \
-longer, e.g. epochs=40, with smaller steps, learning_rate_scale=0.3), then \
+longer, e.g. epochs=40, with its learning rates warming up over the first epoch, \
+warmup_epochs=1), then \
 evaluate_candidate the fine-tuned one on the test split, look at its activation map and \
 training curves, and report the structure, its test MSE and activation-time error, and what \
 the search taught you."""

@@ -21,6 +21,7 @@ import anyio.to_thread
 from leads_engine.dataset import leads_home
 from leads_engine.diffusion import DiffusionSpecError
 from leads_engine.spec import CandidateSpec
+from leads_engine.warm_start import WARMUP_EPOCHS
 
 from .archive import INTERRUPTED_ERROR, Archive, ArchiveError
 from .errors import SANDBOX_MISSING, DiscoveryError
@@ -60,11 +61,12 @@ def _final_state(
     epochs: int,
     warm_start: dict[str, str] | None = None,
     learning_rate_scale: float = 1.0,
+    warmup_epochs: float = 0.0,
 ) -> dict[str, Any]:
     """The archive's final state of a candidate whose fit returned ``summary`` (status ``ok``
     or ``unstable``; an unstable fit that diverged in its first epoch has no weights);
-    ``warm_start`` (which candidate gave which part) and a ``learning_rate_scale`` other than 1
-    are kept with its metrics."""
+    ``warm_start`` (which candidate gave which part), a ``learning_rate_scale`` other than 1 and
+    a warm-up are kept with its metrics."""
     train = summary["train_losses"]
     best = summary["best_epoch"]
     return {
@@ -83,6 +85,7 @@ def _final_state(
             # how this fit started, when not as usual (from scratch, at the search's steps)
             **({"warm_start": warm_start} if warm_start else {}),
             **({"learning_rate_scale": learning_rate_scale} if learning_rate_scale != 1 else {}),
+            **({"warmup_epochs": warmup_epochs} if warmup_epochs else {}),
         },
         "diagnosis": summary["diagnosis"]["text"],
         "error": None if summary["status"] == "ok" else json.dumps(summary["failure"]),
@@ -234,6 +237,7 @@ class Runs:
             progress,
             weights,
             learning_rate_scale=request.learning_rate_scale,
+            warmup_epochs=request.warmup_epochs,
         )
 
     async def train(
@@ -246,10 +250,12 @@ class Runs:
         started: Callable[[str], None] | None = None,
         warm_start: WarmStart | None = None,
         learning_rate_scale: float = 1.0,
+        warmup_epochs: float = 0.0,
     ) -> TrainingResult:
         """Train ``spec`` (from ``weights`` when given, else with the parts ``warm_start``
-        names started from its parents') into a new archived candidate; ``started`` learns the
-        candidate's id as soon as it is archived. Progress comes after
+        names started from its parents', its learning rates then warming up over
+        :data:`~leads_engine.warm_start.WARMUP_EPOCHS`) into a new archived candidate; ``started``
+        learns the candidate's id as soon as it is archived. Progress comes after
         every batch (value: epochs done, fractional) and every epoch.
 
         The candidate always ends final: ``ok`` or ``unstable`` (a divergence at any epoch, with
@@ -302,6 +308,8 @@ class Runs:
                 )
 
         sources = warm_start.sources if warm_start is not None else None
+        if warm_start is not None:
+            warmup_epochs = WARMUP_EPOCHS
         job = self._job(
             "fit",
             spec,
@@ -311,6 +319,7 @@ class Runs:
             timeout_s=self._timeout(session, epochs),
             warm_start=warm_start.parents if warm_start is not None else (),
             learning_rate_scale=learning_rate_scale,
+            warmup_epochs=warmup_epochs,
         )
         self.running.add(candidate_id)
         try:
@@ -344,7 +353,12 @@ class Runs:
             payload = await self.pool.run(job, on_epoch)
             summary = payload["summary"]
             final = _final_state(
-                summary, payload.get("weights"), job.epochs, warm_start, job.learning_rate_scale
+                summary,
+                payload.get("weights"),
+                job.epochs,
+                warm_start,
+                job.learning_rate_scale,
+                job.warmup_epochs,
             )
         except WorkerError as exc:
             summary = None

@@ -200,6 +200,7 @@ class Tools:
         candidate_id: str,
         epochs: int = 10,
         learning_rate_scale: float = 1.0,
+        warmup_epochs: float = 0.0,
     ) -> TrainingResult:
         return await self.call(
             "finetune_candidate",
@@ -208,6 +209,7 @@ class Tools:
             candidate_id=candidate_id,
             epochs=epochs,
             learning_rate_scale=learning_rate_scale,
+            warmup_epochs=warmup_epochs,
         )
 
     async def evaluate_candidate(

@@ -14,7 +14,7 @@ from leads_agent.offline_beyond import (
     RESIDUAL_EPOCHS_FACTOR,
     explained_variance,
 )
-from leads_agent.state import RESIDUAL_FINETUNE_STEP, Candidate
+from leads_agent.state import RESIDUAL_FINETUNE_WARMUP, Candidate
 from test_offline import FakeEnv, cand, screened, state
 
 
@@ -102,18 +102,19 @@ def test_anisotropic_template_follows_and_combines_with_a_helpful_residual():
     assert plan.identity() != dataclasses.replace(plan, warm_start=plan.warm_start[:1]).identity()
     decision = asyncio.run(OfflinePolicy().next_action(search, FakeEnv()))
     assert decision.warm_start == [hybrid.candidate_id, plain_aniso.candidate_id]
-    assert decision.learning_rate_scale == RESIDUAL_FINETUNE_STEP  # a warm start's smaller steps
+    # full steps: the server warms a warm start's learning rates up
+    assert decision.learning_rate_scale == 1.0
     assert decision.epochs_for(3) == 3 * RESIDUAL_EPOCHS_FACTOR
 
 
-def test_a_hybrid_candidate_is_fine_tuned_longer_with_smaller_steps():
+def test_a_hybrid_candidate_is_fine_tuned_longer_with_a_warm_up():
     plain = cand(10, "reaction_B", "laplacian_nodewise", 0.008, verdict="good_fit")
     hybrid = cand(11, "reaction_B", "laplacian_nodewise", 0.002, verdict="good_fit")
     hybrid.residual = dict(DEFAULT_RESIDUAL)
     assert plain.finetune_arguments(10) == {"epochs": 10}
     assert hybrid.finetune_arguments(10) == {
         "epochs": 10 * RESIDUAL_EPOCHS_FACTOR,
-        "learning_rate_scale": RESIDUAL_FINETUNE_STEP,
+        "warmup_epochs": RESIDUAL_FINETUNE_WARMUP,
     }
     assert hybrid.finetune_arguments(60)["epochs"] == 100  # the tool's limit
 

@@ -78,7 +78,7 @@ async def test_a_residual_candidate_trains_reloads_and_evaluates_through_the_too
     assert refined["parent_id"] == hybrid["candidate_id"]
 
     # fine-tuning starts from the stored weights (the residual's included) and reports it
-    # (with smaller steps, as the agent fine-tunes a hybrid; archived with the candidate)
+    # (with smaller steps and a warm-up; both archived with the candidate)
     tuned = await client.call_tool(
         "finetune_candidate",
         {
@@ -86,6 +86,7 @@ async def test_a_residual_candidate_trains_reloads_and_evaluates_through_the_too
             "candidate_id": hybrid["candidate_id"],
             "epochs": 1,
             "learning_rate_scale": 0.3,
+            "warmup_epochs": 0.5,
         },
     )
     assert not tuned.is_error, tuned.content[0].text
@@ -94,10 +95,9 @@ async def test_a_residual_candidate_trains_reloads_and_evaluates_through_the_too
     assert tuned["val_losses"][0] <= hybrid["best_val_loss"] * 1.5
     record = await call(client, "get_candidate", candidate_id=tuned["candidate_id"])
     assert record["metrics"]["learning_rate_scale"] == 0.3
-    assert (
-        "learning_rate_scale"
-        not in (await call(client, "get_candidate", candidate_id=hybrid["candidate_id"]))["metrics"]
-    )
+    assert record["metrics"]["warmup_epochs"] == 0.5
+    trained = (await call(client, "get_candidate", candidate_id=hybrid["candidate_id"]))["metrics"]
+    assert "learning_rate_scale" not in trained and "warmup_epochs" not in trained
     for scale in (0.0, 1.5):
         text = await fails(
             client,
@@ -107,6 +107,14 @@ async def test_a_residual_candidate_trains_reloads_and_evaluates_through_the_too
             learning_rate_scale=scale,
         )
         assert "learning_rate_scale" in text
+    text = await fails(
+        client,
+        "finetune_candidate",
+        session_id=session_id,
+        candidate_id=hybrid["candidate_id"],
+        warmup_epochs=-1,
+    )
+    assert "warmup_epochs" in text
 
     # evaluating the stored weights on the validation split gives the trained val loss back
     scores = await call(

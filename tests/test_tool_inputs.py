@@ -70,6 +70,7 @@ ARGUMENTS = {
         "candidate_id": REQUIRED,
         "epochs": 10,
         "learning_rate_scale": 1.0,
+        "warmup_epochs": 0.0,
     },
     "evaluate_candidate": {"session_id": REQUIRED, "candidate_id": REQUIRED, "split": "test"},
     "record_step": {

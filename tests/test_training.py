@@ -83,6 +83,40 @@ def test_the_learning_rate_scale_scales_every_group():
     assert scaled == pytest.approx([0.3 * rate for rate in full])
 
 
+def test_the_warm_up_rises_linearly_then_the_cosine_decays():
+    from leads_engine.training import _learning_rate_factor
+
+    total, final, warmup = 20, 0.1, 4
+    factors = [_learning_rate_factor(total, final, warmup, step) for step in range(total)]
+    assert factors[:warmup] == pytest.approx([0.2, 0.4, 0.6, 0.8])  # step+1 of warmup+1
+    assert factors[warmup] == pytest.approx(1.0)  # the cosine starts at the full rate...
+    assert factors[-1] == pytest.approx(final)  # ...and ends at its final fraction
+    assert all(a >= b for a, b in zip(factors[warmup:], factors[warmup + 1 :], strict=False))
+    # without a warm-up: the half cosine over every step, as before
+    plain = [_learning_rate_factor(total, final, 0, step) for step in range(total)]
+    assert plain[0] == pytest.approx(1.0) and plain[-1] == pytest.approx(final)
+
+
+def test_a_fit_warms_its_learning_rates_up_over_the_first_epoch(tiny, monkeypatch):
+    """The steps the optimizer takes: one epoch (3 batches of 1) rising, then the cosine."""
+    rates: list[float] = []
+    step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"] / self.param_groups[0]["initial_lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    spec = CandidateSpec(reaction="ap", diffusion="laplacian_global")
+    config = replace(FAST, batch_size=1, warmup_epochs=1.0)
+    assert fit(spec, tiny, config).status == "ok"
+    assert rates[:3] == pytest.approx([0.25, 0.5, 0.75])
+    assert rates[3] == pytest.approx(1.0) and rates[-1] == pytest.approx(config.final_lr_fraction)
+    rates.clear()
+    assert fit(spec, tiny, replace(config, warmup_epochs=0.0)).status == "ok"
+    assert rates[0] == pytest.approx(1.0)  # no warm-up: full steps at once
+
+
 def test_patience_grows_with_a_long_fit_only():
     """The search's and the default fine-tuning's fits (3-20 epochs) keep the fixed patience of
     5; a 40-epoch fine-tuning waits 10 epochs, past its noisy large-step start."""

@@ -11,6 +11,8 @@ import pytest
 from mcp import Client
 from server_calls import call, fails, start, train
 
+from leads_engine.warm_start import WARMUP_EPOCHS
+
 pytest_plugins = ("server_fixtures",)
 pytestmark = pytest.mark.anyio
 
@@ -41,6 +43,9 @@ async def test_a_combination_starts_from_its_parents(client: Client) -> None:
     record = await call(client, "get_candidate", candidate_id=combined["candidate_id"])
     assert record["metrics"]["warm_start"] == expected
     assert record["metrics"]["learning_rate_scale"] == 0.3
+    assert record["metrics"]["warmup_epochs"] == WARMUP_EPOCHS  # a warm start warms up
+    parent = await call(client, "get_candidate", candidate_id=parents[0])
+    assert "warmup_epochs" not in parent["metrics"]  # a fit from scratch does not
 
     # the copy itself (tensors from the parents, a fresh rest) is checked at the worker:
     # tests/test_jobs.py and tests/test_warm_start.py
