@@ -190,6 +190,7 @@ class SearchRun:
             fixed_reaction=self.config.fixed_reaction,
             fixed_diffusion=self.config.fixed_diffusion,
             dataset_fibers=self._dataset_fibers(),
+            patience=self.config.patience,
         )
 
     def _dataset_fibers(self) -> bool | None:

@@ -20,6 +20,7 @@ from rich.console import Console
 
 from .agent import RunConfig, RunResult, report_folder, run_search
 from .connection import ServerConnection, connect
+from .convergence import MIN_IMPROVEMENT, PATIENCE
 from .errors import AgentError, ConfigurationError
 from .llm import SYSTEM_PROMPT, LLMPolicy, RetryPolicy, agent_tools
 from .offline import OfflinePolicy
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         "low-fidelity screening that picks the same reaction as 3 epochs on AP, RM and MS; "
         "pass --epochs' value for the paper's protocol)",
     )
+    _patience_option(discover)
     baseline = sub.add_parser("baseline", help="a paper baseline through the same tools")
     baseline.add_argument("--method", choices=BASELINES, required=True)
     _common(baseline)
@@ -138,6 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="the paper's comparison table (all methods, AP/RM/MS, seeds)", add_help=False
     )
     return parser
+
+
+def _patience_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=PATIENCE,
+        help=f"the offline policy stops after this many steps past the screening without a "
+        f"{MIN_IMPROVEMENT:.0%} better validation loss, and fine-tunes the best "
+        f"({PATIENCE}; 0: the whole budget)",
+    )
 
 
 def _cohort_parser(sub: Any) -> None:
@@ -157,6 +170,7 @@ def _cohort_parser(sub: Any) -> None:
     cohort.add_argument("--epochs", type=int, default=3, help="epochs per candidate (3)")
     cohort.add_argument("--finetune", type=int, default=10, help="fine-tuning epochs (10)")
     cohort.add_argument("--seed", type=int, default=0, help="training seed (0)")
+    _patience_option(cohort)
     cohort.add_argument(
         "--no-anonymise", dest="anonymise", action="store_false", help="show real reaction names"
     )
@@ -209,6 +223,7 @@ def run_cohort_command(args: argparse.Namespace, console: Console) -> int:
         seed=args.seed,
         anonymise=args.anonymise,
         parallel=args.parallel,
+        patience=args.patience,
         concurrency=args.concurrency,
         local_server=not args.server_url,
         archive=args.archive,
@@ -376,6 +391,7 @@ async def _run(args: argparse.Namespace, console: Console) -> tuple[RunResult, s
                 max_steps=args.max_steps,
                 parallel=args.parallel,
                 screening_epochs=getattr(args, "screening_epochs", None),
+                patience=args.patience,
             )
             policy = _policy(args, conn)
         try:

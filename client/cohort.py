@@ -33,6 +33,7 @@ from rich.table import Table
 
 from .agent import run_search
 from .connection import ServerConnection
+from .convergence import PATIENCE
 from .errors import AgentError
 from .offline import OfflinePolicy
 from .report import write_report
@@ -55,6 +56,8 @@ class CohortSettings:
     seed: int = 0
     anonymise: bool = True
     parallel: int = 8
+    #: steps without a better validation loss before a search stops (0: the whole budget)
+    patience: int = PATIENCE
     #: discoveries at once (None: all data sets)
     concurrency: int | None = None
     #: whether the bundled server runs here (the user may read its truth files)
@@ -237,6 +240,7 @@ async def _member(
             anonymise=settings.anonymise,
             resume=entry.get("session_id"),
             parallel=settings.parallel,
+            patience=settings.patience,
             label=f"cohort {name}",
         )
         state.update(name, status="running", error=None)

@@ -27,6 +27,9 @@ Decision rules, in order (each step sets up exactly one candidate):
    Before acting on the diagnosis, when the best catalog structure explains less than 97% of
    the variance (a plateau well above the noise), the steps of :mod:`.offline_beyond`: a neural
    residual on the best reaction, the anisotropic template when the catalog has it.
+   The diagnosis and the fallback are not tried once the search has converged
+   (:mod:`.convergence`: ``patience`` steps after the screening without a better validation
+   loss): the policy stops, and the run fine-tunes the best.
 6. Never repeat a structure already in the archive (same reaction, template,
    hyper-parameters and edits): fall through to the next rule instead.
 
@@ -40,6 +43,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .convergence import convergence_thought
 from .edits import EDITS, EditError, apply_edit
 from .offline_beyond import beyond_plan, is_refused_anisotropy
 from .policy import ToolEnv, Usage
@@ -523,11 +527,17 @@ class _Planner:
             "fallback": self.fallback,
         }
         for name, rule in rules.items():
+            if name == "diagnosis" and self.converged() is not None:
+                return None  # the open-ended rules stop when the search has converged
             plan = rule(reaction)
             if plan is not None:
                 plan.rule = name
                 return plan
         return None
+
+    def converged(self) -> str | None:
+        """Why the search stops before the open-ended rules (:mod:`.convergence`), or None."""
+        return convergence_thought(self.state, {c.candidate_id for c in self.screened()})
 
 
 def c_edits(candidate: Candidate) -> list[str]:
@@ -567,11 +577,14 @@ class OfflinePolicy:
 
     async def next_action(self, state: SearchState, env: ToolEnv) -> Decision:
         """Plan with the rules; materialise a code edit from the template's source."""
-        plan = plan_step(state, frozenset(self.refused))
+        planner = _Planner(state, frozenset(self.refused))
+        plan = planner.plan()
         self._last_plan = plan
         if plan is None:
             return Decision(
-                "Nothing new is left to try within the rules; stop the search.", stop=True
+                planner.converged()
+                or "Nothing new is left to try within the rules; stop the search.",
+                stop=True,
             )
         reaction_args: dict[str, Any] = {"session_id": state.session_id, "reaction": plan.reaction}
         residual = plan.reaction_residual()

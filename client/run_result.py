@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .convergence import PATIENCE
 from .policy import Usage
 from .reveal import Revealed
 from .state import Candidate
@@ -36,6 +37,9 @@ class RunConfig:
     parallel: int = 8
     #: epochs of the offline policy's screening candidates (None: ``epochs``, as every step)
     screening_epochs: int | None = None
+    #: the offline policy stops after this many steps without a better validation loss
+    #: (:mod:`.convergence`); 0: the whole budget
+    patience: int = PATIENCE
 
 
 @dataclass

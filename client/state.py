@@ -207,6 +207,9 @@ class SearchState:
     #: whether the data set's mesh carries a fibre field (its summary's ``fibers``), None when
     #: the policy was not told (a resumed session)
     dataset_fibers: bool | None = None
+    #: the offline policy stops after this many steps without a better validation loss
+    #: (:mod:`.convergence`); 0: it searches the whole budget
+    patience: int = 0
 
     @property
     def steps_left(self) -> int:
