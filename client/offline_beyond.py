@@ -13,8 +13,9 @@ once the reaction screening and the diffusion agenda are done, the policy tries,
    warm-started (``train_candidate(warm_start=[...])``) from the residual's reaction and network
    and the anisotropic candidate's conductivities.
 
-A hybrid candidate trains, and is fine-tuned, :data:`~leads_agent.state.RESIDUAL_EPOCHS_FACTOR`
-times longer than the run's epochs.
+A hybrid candidate trains :data:`~leads_agent.state.RESIDUAL_EPOCHS_FACTOR` times longer than
+the run's epochs, and is fine-tuned :data:`~leads_agent.state.RESIDUAL_FINETUNE_FACTOR` times
+longer than the run's fine-tuning.
 
 The anisotropic template needs the data set's fibre field: the policy skips it when the data set's
 summary (``start_session``'s ``dataset``) names none. When the policy was not told (a resumed

@@ -14,7 +14,7 @@ from leads_agent.offline_beyond import (
     RESIDUAL_EPOCHS_FACTOR,
     explained_variance,
 )
-from leads_agent.state import RESIDUAL_FINETUNE_WARMUP, Candidate
+from leads_agent.state import RESIDUAL_FINETUNE_FACTOR, RESIDUAL_FINETUNE_WARMUP, Candidate
 from test_offline import FakeEnv, cand, screened, state
 
 
@@ -113,7 +113,7 @@ def test_a_hybrid_candidate_is_fine_tuned_longer_with_a_warm_up():
     hybrid.residual = dict(DEFAULT_RESIDUAL)
     assert plain.finetune_arguments(10) == {"epochs": 10}
     assert hybrid.finetune_arguments(10) == {
-        "epochs": 10 * RESIDUAL_EPOCHS_FACTOR,
+        "epochs": 10 * RESIDUAL_FINETUNE_FACTOR,
         "warmup_epochs": RESIDUAL_FINETUNE_WARMUP,
     }
     assert hybrid.finetune_arguments(60)["epochs"] == 100  # the tool's limit
