@@ -63,7 +63,7 @@ modify_reaction(session_id, source, candidate_id=...) or modify_reaction(session
 reaction=...).
 
 Finish: finetune_candidate the best candidate (lowest validation loss; a hybrid reaction \
-longer, e.g. epochs=40, with its learning rates warming up over the first epoch, \
+longer, e.g. epochs=60, with its learning rates warming up over the first epoch, \
 warmup_epochs=1), then \
 evaluate_candidate the fine-tuned one on the test split, look at its activation map and \
 training curves, and report the structure, its test MSE and activation-time error, and what \
