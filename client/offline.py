@@ -40,12 +40,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from typing import Any
 
 from .convergence import convergence_thought
 from .edits import EDITS, EditError, apply_edit
 from .offline_beyond import beyond_plan, is_refused_anisotropy
+from .plan import Plan, c_edits, detect_edits, structure_key
 from .policy import ToolEnv, Usage
 from .state import NOT_TRAINED, Candidate, Decision, SearchState, ToolCall
 
@@ -64,89 +64,6 @@ RULES = ("screening", "instability", "agenda", "beyond", "diagnosis", "fallback"
 #: steps may be decided together and trained at once (:mod:`.batch`).
 INDEPENDENT_RULES = ("screening", "agenda")
 CAPACITY_KEYS = ("hidden", "layers", "mlp_layers", "heads", "K")
-
-
-def detect_edits(code: str | None) -> list[str]:
-    """Which library edits a template source carries (from their signatures in the code)."""
-    if not code:
-        return []
-    found = []
-    if "mix_logit" in code:
-        found.append("gated_residual")
-    if "layer_norm" in code:
-        found.append("layer_norm")
-    if "torch.tanh" in code and "self.gain" in code:
-        found.append("soft_gain")
-    return found
-
-
-@dataclass
-class Plan:
-    """What the rules decided: the reaction, the diffusion operation and its arguments."""
-
-    reaction: str
-    operation: str  # select | refine | simplify | modify
-    template: str
-    hyperparameters: dict[str, Any]
-    thought: str
-    parent: Candidate | None = None
-    edit: str | None = None
-    #: a neural residual on the reaction (select_reaction's ``residual``)
-    residual: dict[str, Any] | None = None
-    #: train for this many times the run's epochs per candidate (Decision.epochs_factor)
-    epochs_factor: int = 1
-    #: trained candidates whose shared parts start the candidate (train_candidate's warm_start)
-    warm_start: tuple[str, ...] = ()
-    #: train_candidate's ``learning_rate_scale`` (Decision.learning_rate_scale)
-    learning_rate_scale: float = 1.0
-    #: the rule that decided it (:data:`RULES`); set by :func:`plan_step`
-    rule: str = ""
-
-    def reaction_residual(self) -> dict[str, Any] | None:
-        """The residual the candidate will have: this plan's, else a derived candidate keeps its
-        parent's (select_reaction is called again for every step)."""
-        if self.residual is not None or self.operation == "select" or self.parent is None:
-            return self.residual
-        return self.parent.residual
-
-    def key(self, edits: list[str]) -> str:
-        """Structure identity used to avoid repeats."""
-        return _key(
-            self.reaction, self.template, self.hyperparameters, edits, self.reaction_residual()
-        )
-
-    def identity(self) -> str:
-        """The action itself (operation, parent, edit, residual and warm start included): a
-        refused one is not retried, and a guessed step is kept only when it is this action."""
-        parent = self.parent.candidate_id if self.parent else None
-        return json.dumps(
-            [
-                self.reaction,
-                self.operation,
-                self.template,
-                self.hyperparameters,
-                parent,
-                self.edit,
-                *([self.residual] if self.residual else []),
-                # a guess decided before a parent trained lacks it: not the same action
-                *([list(self.warm_start)] if self.warm_start else []),
-            ],
-            sort_keys=True,
-            default=str,
-        )
-
-
-def _key(
-    reaction: str,
-    template: str,
-    hyper: dict[str, Any],
-    edits: list[str],
-    residual: dict[str, Any] | None = None,
-) -> str:
-    extra = [residual] if residual else []
-    return json.dumps(
-        [reaction, template, hyper, sorted(edits), *extra], sort_keys=True, default=str
-    )
 
 
 def _is_neural(state: SearchState, template: str) -> bool:
@@ -225,7 +142,7 @@ class _Planner:
         # refused code edits are in the archive too: do not propose them again
         archived = self.trained + [c for c in state.candidates if c.status == "refused"]
         self.seen = {
-            _key(c.reaction, c.diffusion, dict(c.hyperparameters), c_edits(c), c.residual)
+            structure_key(c.reaction, c.diffusion, dict(c.hyperparameters), c_edits(c), c.residual)
             for c in archived
         }
         self.refused = refused
@@ -538,11 +455,6 @@ class _Planner:
     def converged(self) -> str | None:
         """Why the search stops before the open-ended rules (:mod:`.convergence`), or None."""
         return convergence_thought(self.state, {c.candidate_id for c in self.screened()})
-
-
-def c_edits(candidate: Candidate) -> list[str]:
-    """The library edits a candidate's code carries."""
-    return detect_edits(candidate.code)
 
 
 def plan_step(state: SearchState, refused: frozenset[str] = frozenset()) -> Plan | None:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from .state import RESIDUAL_EPOCHS_FACTOR, Candidate, SearchState
 
 if TYPE_CHECKING:
-    from .offline import Plan
+    from .plan import Plan
 
 #: below this explained variance the best catalog structure counts as a plateau above the noise
 PLATEAU_EXPLAINED = 0.97
