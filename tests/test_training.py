@@ -118,12 +118,13 @@ def test_a_fit_warms_its_learning_rates_up_over_the_first_epoch(tiny, monkeypatc
 
 
 def test_patience_grows_with_a_long_fit_only():
-    """The search's and the default fine-tuning's fits (3-20 epochs) keep the fixed patience of
-    5; a 40-epoch fine-tuning waits 10 epochs, past its noisy large-step start."""
-    assert [TrainingConfig(epochs=e).patience_for_fit() for e in (1, 3, 10, 12, 20)] == [5] * 5
-    assert TrainingConfig(epochs=40).patience_for_fit() == 10
-    assert TrainingConfig(epochs=40, patience=12).patience_for_fit() == 12
-    assert TrainingConfig(epochs=40, patience_fraction=0.0).patience_for_fit() == 5
+    """The search's and the default fine-tuning's fits (3-10 epochs) keep the fixed patience of
+    5; a 60-epoch fine-tuning waits 30 epochs, past its noisy large-step first half."""
+    assert [TrainingConfig(epochs=e).patience_for_fit() for e in (1, 3, 10)] == [5] * 3
+    assert TrainingConfig(epochs=12).patience_for_fit() == 6
+    assert TrainingConfig(epochs=60).patience_for_fit() == 30
+    assert TrainingConfig(epochs=60, patience=40).patience_for_fit() == 40
+    assert TrainingConfig(epochs=60, patience_fraction=0.0).patience_for_fit() == 5
 
 
 def test_without_a_batch_size_each_template_trains_with_its_catalog_batch(tiny):
