@@ -159,8 +159,6 @@ def train_arguments(
     }
     if decision.warm_start:
         arguments["warm_start"] = list(decision.warm_start)
-    if decision.learning_rate_scale != 1:
-        arguments["learning_rate_scale"] = decision.learning_rate_scale
     if not wait:
         arguments["wait"] = False
     return arguments

@@ -146,6 +146,8 @@ class _Planner:
             for c in archived
         }
         self.refused = refused
+        #: why :meth:`plan` found nothing when the search has converged (:mod:`.convergence`)
+        self.stop_reason: str | None = None
 
     def new(self, plan: Plan, edits: list[str]) -> bool:
         return plan.key(edits) not in self.seen and plan.identity() not in self.refused
@@ -444,17 +446,17 @@ class _Planner:
             "fallback": self.fallback,
         }
         for name, rule in rules.items():
-            if name == "diagnosis" and self.converged() is not None:
-                return None  # the open-ended rules stop when the search has converged
+            if name == "diagnosis":  # the open-ended rules stop when the search has converged
+                self.stop_reason = convergence_thought(
+                    self.state, {c.candidate_id for c in self.screened()}
+                )
+                if self.stop_reason is not None:
+                    return None
             plan = rule(reaction)
             if plan is not None:
                 plan.rule = name
                 return plan
         return None
-
-    def converged(self) -> str | None:
-        """Why the search stops before the open-ended rules (:mod:`.convergence`), or None."""
-        return convergence_thought(self.state, {c.candidate_id for c in self.screened()})
 
 
 def plan_step(state: SearchState, refused: frozenset[str] = frozenset()) -> Plan | None:
@@ -494,7 +496,7 @@ class OfflinePolicy:
         self._last_plan = plan
         if plan is None:
             return Decision(
-                planner.converged()
+                planner.stop_reason
                 or "Nothing new is left to try within the rules; stop the search.",
                 stop=True,
             )
@@ -529,7 +531,6 @@ class OfflinePolicy:
             calls=calls,
             epochs_factor=plan.epochs_factor,
             warm_start=list(plan.warm_start),
-            learning_rate_scale=plan.learning_rate_scale,
         )
 
     def record_outcome(self, state: SearchState, decision: Decision, observation: str) -> None:

@@ -44,8 +44,6 @@ class Plan:
     epochs_factor: int = 1
     #: trained candidates whose shared parts start the candidate (train_candidate's warm_start)
     warm_start: tuple[str, ...] = ()
-    #: train_candidate's ``learning_rate_scale`` (Decision.learning_rate_scale)
-    learning_rate_scale: float = 1.0
     #: the rule that decided it (:data:`RULES`); set by :func:`plan_step`
     rule: str = ""
 

@@ -284,8 +284,6 @@ class Decision:
     #: trained candidates whose shared parts (reaction, residual, diffusion) start the new one
     #: (train_candidate's ``warm_start``): a combination of two structures starts from both
     warm_start: list[str] = field(default_factory=list)
-    #: train_candidate's ``learning_rate_scale`` (1: the search's steps)
-    learning_rate_scale: float = 1.0
 
     def epochs_for(self, run_epochs: int) -> int:
         """The epochs to ask train_candidate for (the tool allows at most 100)."""

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from types import SimpleNamespace
 
+from leads_agent.batch import train_arguments
 from leads_agent.offline import OfflinePolicy, Plan, plan_step
 from leads_agent.offline_beyond import (
     DEFAULT_RESIDUAL,
@@ -102,8 +104,9 @@ def test_anisotropic_template_follows_and_combines_with_a_helpful_residual():
     assert plan.identity() != dataclasses.replace(plan, warm_start=plan.warm_start[:1]).identity()
     decision = asyncio.run(OfflinePolicy().next_action(search, FakeEnv()))
     assert decision.warm_start == [hybrid.candidate_id, plain_aniso.candidate_id]
-    # full steps: the server warms a warm start's learning rates up
-    assert decision.learning_rate_scale == 1.0
+    # full steps: the server warms a warm start's learning rates up; no smaller steps are asked
+    run = SimpleNamespace(session_id="s-1", config=SimpleNamespace(epochs=3), policy=None)
+    assert "learning_rate_scale" not in train_arguments(run, search, decision)
     assert decision.epochs_for(3) == 3 * RESIDUAL_EPOCHS_FACTOR
 
 
